@@ -1,0 +1,160 @@
+"""The error contract every failure in imagenodes goes through.
+
+Builders render errors next to the offending form field, so every error carries a
+stable ``code`` (from the seeds' error tables), the ``field`` it concerns, a message
+that names the allowed range, and the seed's "solution" text for the user.  Nothing
+else may escape ``Host.run``: unknown exceptions are wrapped as GENERATION_FAILED.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+#: Solution texts, taken from the seeds' error tables where they have one.
+SOLUTIONS: dict[str, str] = {
+    "EMPTY_PROMPT": "Provide a descriptive text prompt for the image you want to generate",
+    "INVALID_GUIDANCE_SCALE": "Set guidance scale between 0 and 15 (recommended: 7-12)",
+    "INVALID_STEPS": "Reduce steps to 50 or less (recommended: 20-40 for balance of quality and speed)",
+    "BATCH_SIZE_EXCEEDED": "Reduce batch_size to 8 or fewer images per generation",
+    "INVALID_ASPECT_RATIO": "Choose from supported ratios (1:1, 16:9, 9:16, etc.) with HD or FHD variants",
+    "INVALID_STRENGTH": "Set strength between 0.01 and 1.0 (lower preserves more of source image)",
+    "CONNECTION_ERROR": "Verify your PixelML connection is properly configured with valid API key",
+    "SOURCE_IMAGE_ERROR": "Provide a valid, publicly accessible image URL in a supported format",
+    "GENERATION_FAILED": "Simplify your prompt, adjust strength/guidance parameters, or try different source image",
+    "GENERATION_TIMEOUT": "Reduce steps count, batch size, or resolution to speed up generation",
+    "INVALID_INPUT": "Fix the named field so it matches the node's input schema",
+    "UNKNOWN_NODE": "Pick a node id listed by `imagenodes nodes` / Host.catalog()",
+    "CANCELLED": "The run was cancelled; start it again to get a result",
+    "INVALID_DIMENSIONS": "Set width and height within the allowed range",
+    "INVALID_SESSION": "Create a session first, or pass the id of an active session",
+    "ENGINE_NOT_INITIALIZED": "Run check-engine-status first and make sure the model can be loaded",
+    "UNKNOWN_TRAINING": "Register the training with `imagenodes trainings add <uuid> <path>` first",
+    "UNKNOWN_INFERENCE_PACK": "Create the pack with `imagenodes packs create` first",
+}
+
+#: Error codes that mean "the caller gave bad input/config" (CLI exit code 2).
+USER_ERROR_CODES = frozenset(
+    {
+        "EMPTY_PROMPT",
+        "INVALID_GUIDANCE_SCALE",
+        "INVALID_STEPS",
+        "BATCH_SIZE_EXCEEDED",
+        "INVALID_ASPECT_RATIO",
+        "INVALID_STRENGTH",
+        "CONNECTION_ERROR",
+        "SOURCE_IMAGE_ERROR",
+        "INVALID_INPUT",
+        "UNKNOWN_NODE",
+        "INVALID_DIMENSIONS",
+        "INVALID_SESSION",
+        "UNKNOWN_TRAINING",
+        "UNKNOWN_INFERENCE_PACK",
+    }
+)
+
+
+class ImageNodesError(Exception):
+    """Base of every error imagenodes raises on purpose.
+
+    Subclasses only pin a default ``code``; callers branch on ``code`` (stable,
+    documented), never on the message text.
+    """
+
+    code: str = "GENERATION_FAILED"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        field: str | None = None,
+        solution: str | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+        self.message = message
+        self.field = field
+        self.solution = solution if solution is not None else SOLUTIONS.get(self.code, "")
+        self.details = details or {}
+
+    @property
+    def is_user_error(self) -> bool:
+        """True when the caller can fix it by changing input or configuration."""
+        return self.code in USER_ERROR_CODES
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form used by the CLI, run.json and the MCP server."""
+        out: dict[str, Any] = {
+            "code": self.code,
+            "field": self.field,
+            "message": self.message,
+            "solution": self.solution,
+        }
+        if self.details:
+            out["details"] = self.details
+        return out
+
+    def __str__(self) -> str:
+        where = f" [{self.field}]" if self.field else ""
+        return f"{self.code}{where}: {self.message}"
+
+
+class InputError(ImageNodesError):
+    """Input failed validation (wrong type, range, unknown or missing field)."""
+
+    code = "INVALID_INPUT"
+
+
+class UnknownNodeError(ImageNodesError):
+    code = "UNKNOWN_NODE"
+
+
+class ConnectionError_(ImageNodesError):
+    """A connection is missing, invalid, or points at a model we cannot load."""
+
+    code = "CONNECTION_ERROR"
+
+
+class SourceImageError(ImageNodesError):
+    code = "SOURCE_IMAGE_ERROR"
+
+
+class GenerationFailed(ImageNodesError):
+    code = "GENERATION_FAILED"
+
+
+class GenerationTimeout(ImageNodesError):
+    code = "GENERATION_TIMEOUT"
+
+
+class Cancelled(ImageNodesError):
+    """The run was cancelled through ``Host.cancel`` or a cancel token."""
+
+    code = "CANCELLED"
+
+
+class PluginError(ImageNodesError):
+    """A plugin broke the registry contract (duplicate id, bad hook, failed import)."""
+
+    code = "PLUGIN_ERROR"
+
+
+# Public alias without the trailing underscore; the underscore only avoids shadowing
+# the builtin inside this module.
+ConnectionError = ConnectionError_  # noqa: A001
+
+__all__ = [
+    "SOLUTIONS",
+    "USER_ERROR_CODES",
+    "Cancelled",
+    "ConnectionError",
+    "GenerationFailed",
+    "GenerationTimeout",
+    "ImageNodesError",
+    "InputError",
+    "PluginError",
+    "SourceImageError",
+    "UnknownNodeError",
+]
