@@ -143,7 +143,7 @@ class PluginError(ImageNodesError):
 
 # Public alias without the trailing underscore; the underscore only avoids shadowing
 # the builtin inside this module.
-ConnectionError = ConnectionError_  # noqa: A001
+ConnectionError = ConnectionError_
 
 __all__ = [
     "SOLUTIONS",

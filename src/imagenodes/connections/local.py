@@ -1,0 +1,55 @@
+"""The local diffusers runtime: what a ``pixelml``-category connection means here.
+
+The seeds' nodes call a hosted "PixelML" API; in imagenodes the same connection slot
+configures the in-process diffusers engine that fulfils them.  The default instance
+points at the embedded model, so the main job needs zero configuration.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import Field, SecretStr
+
+from imagenodes.connections.base import Connection
+
+
+def _default_model() -> str:
+    # Imported lazily: the engine package pulls torch, connections must not.
+    from imagenodes.engine.embedded import embedded_model_path
+
+    return str(embedded_model_path())
+
+
+class LocalDiffusersConnection(Connection):
+    """Runs diffusers pipelines in this process."""
+
+    type_name: ClassVar[str] = "local_diffusers"
+    category: ClassVar[str] = "pixelml"
+
+    model: str = Field(
+        default_factory=_default_model,
+        description="Hub id (e.g. stable-diffusion-v1-5/stable-diffusion-v1-5) or local "
+        "folder of a diffusers model; defaults to the embedded model.",
+    )
+    profile: str | None = Field(
+        default=None,
+        description="Force a model profile (family) instead of routing by model_index.json.",
+    )
+    device: Literal["auto", "cpu", "cuda", "mps"] = Field(
+        default="auto", description="auto = cuda, then mps, then cpu."
+    )
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        default="auto", description="auto = float16 on cuda, float32 elsewhere."
+    )
+    models_dir: str | None = Field(
+        default=None,
+        description="Folder searched for hub ids first (models_dir/<org>/<name>), so hub "
+        "ids resolve to local copies.",
+    )
+    offline: bool = Field(
+        default=True, description="Never contact a model hub; only local files are used."
+    )
+    hub_token: SecretStr | None = Field(
+        default=None, description="Token for private hub models (used only when offline=false)."
+    )

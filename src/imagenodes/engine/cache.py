@@ -1,0 +1,238 @@
+"""The pipeline cache: load each model once, share it across tasks, bound its memory.
+
+Keyed by (model folder, dtype, device).  Image-to-image and instruction pipelines are
+derived from the loaded base with ``from_pipe``, so they share every weight tensor:
+switching task costs no load and no memory.  A byte budget (``IMAGENODES_CACHE_BYTES``)
+bounds the resident weights; least-recently-used entries not in use are evicted.
+Concurrent first requests for one key load it once (single flight): the others wait.
+Each entry has a lock held around pipeline calls, because diffusers pipelines keep
+per-call state (scheduler timesteps, LoRA adapters) on shared objects.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from imagenodes.engine.device import DTYPES
+from imagenodes.engine.routing import ResolvedModel
+from imagenodes.registry.errors import ConnectionError
+
+CACHE_BYTES_ENV = "IMAGENODES_CACHE_BYTES"
+DEFAULT_BUDGET = 8 * 1024**3
+
+Key = tuple[str, str, str]
+
+
+def budget_from_env() -> int:
+    raw = os.environ.get(CACHE_BYTES_ENV)
+    if not raw:
+        return DEFAULT_BUDGET
+    try:
+        return int(float(raw))
+    except ValueError:
+        raise ConnectionError(
+            f"{CACHE_BYTES_ENV}={raw!r} is not a number of bytes", field=CACHE_BYTES_ENV
+        ) from None
+
+
+def pipeline_bytes(pipe: Any) -> int:
+    """Bytes of all parameters and buffers of the pipeline's torch modules (deduplicated)."""
+    seen: set[int] = set()
+    total = 0
+    for component in pipe.components.values():
+        if not isinstance(component, torch.nn.Module):
+            continue
+        for tensor in [*component.parameters(), *component.buffers()]:
+            ptr = tensor.data_ptr()
+            if ptr in seen:
+                continue
+            seen.add(ptr)
+            total += tensor.numel() * tensor.element_size()
+    return total
+
+
+@dataclass
+class CacheEntry:
+    key: Key
+    model: ResolvedModel
+    base: Any
+    nbytes: int
+    load_ms: float
+    variants: dict[str, Any] = field(default_factory=dict)
+    last_used: float = field(default_factory=time.monotonic)
+    users: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def pipeline(self, task: str) -> Any:
+        """The pipeline for ``task``, derived from the base with shared components."""
+        if task in self.variants:
+            return self.variants[task]
+        import diffusers
+
+        class_name = self.model.profile.pipelines[task]
+        if type(self.base).__name__ == class_name:
+            pipe = self.base
+        else:
+            cls = getattr(diffusers, class_name)
+            pipe = cls.from_pipe(self.base, dtype=self.base.dtype)
+            pipe.set_progress_bar_config(disable=True)
+        self.variants[task] = pipe
+        return pipe
+
+
+class PipelineCache:
+    def __init__(self, budget_bytes: int | None = None) -> None:
+        self.budget = budget_from_env() if budget_bytes is None else budget_bytes
+        self._entries: dict[Key, CacheEntry] = {}
+        self._loading: dict[Key, threading.Event] = {}
+        self._errors: dict[Key, BaseException] = {}
+        self._lock = threading.Lock()
+        self.loads = 0  # number of from_pretrained calls, for tests and benchmarks
+        self.evictions = 0
+
+    # -- acquire / release ----------------------------------------------------------
+    def acquire(
+        self,
+        model: ResolvedModel,
+        dtype: str,
+        device: str,
+        *,
+        on_load: Callable[[], None] | None = None,
+        wait: Callable[[], None] | None = None,
+    ) -> tuple[CacheEntry, bool]:
+        """Get (and pin) the entry, loading it if needed; returns (entry, was_cached).
+
+        ``wait`` is called while another thread loads the same key, so a cancelled or
+        timed-out run stops waiting instead of blocking until the load ends.
+        """
+        key: Key = (model.source, dtype, device)
+        while True:
+            with self._lock:
+                entry = self._entries.get(key)
+                if entry is not None:
+                    entry.users += 1
+                    entry.last_used = time.monotonic()
+                    return entry, True
+                event = self._loading.get(key)
+                if event is None:
+                    event = threading.Event()
+                    self._loading[key] = event
+                    self._errors.pop(key, None)
+                    break
+            while not event.wait(0.05):
+                if wait is not None:
+                    wait()
+            with self._lock:
+                if key in self._errors:
+                    raise self._errors[key]
+        try:
+            if on_load is not None:
+                on_load()
+            entry = self._load(key, model, dtype, device)
+        except BaseException as exc:
+            with self._lock:
+                self._errors[key] = exc
+                del self._loading[key]
+            event.set()
+            raise
+        with self._lock:
+            entry.users += 1
+            self._entries[key] = entry
+            del self._loading[key]
+            self._evict_over_budget(keep=key)
+        event.set()
+        return entry, False
+
+    def release(self, entry: CacheEntry) -> None:
+        with self._lock:
+            entry.users = max(0, entry.users - 1)
+            entry.last_used = time.monotonic()
+            self._evict_over_budget()
+
+    def _load(self, key: Key, model: ResolvedModel, dtype: str, device: str) -> CacheEntry:
+        import diffusers
+        import transformers
+
+        # Loading bars would interleave with the host's own progress events.
+        diffusers.utils.logging.disable_progress_bar()
+        transformers.utils.logging.disable_progress_bar()
+
+        start = time.perf_counter()
+        base_class = model.profile.pipelines.get("text-to-image") or next(
+            iter(model.profile.pipelines.values())
+        )
+        cls = getattr(diffusers, base_class, None) or diffusers.DiffusionPipeline
+        try:
+            pipe = cls.from_pretrained(model.source, dtype=DTYPES[dtype])
+            pipe.to(device)
+        except Exception as exc:
+            raise ConnectionError(
+                f"cannot load model {model.spec!r} ({model.class_name}) as {base_class}: "
+                f"{type(exc).__name__}: {exc}",
+                field="model",
+            ) from exc
+        pipe.set_progress_bar_config(disable=True)
+        self.loads += 1
+        ms = (time.perf_counter() - start) * 1000
+        return CacheEntry(
+            key,
+            model,
+            pipe,
+            pipeline_bytes(pipe),
+            ms,
+            variants={base_class_task(model, type(pipe).__name__): pipe},
+        )
+
+    def _evict_over_budget(self, keep: Key | None = None) -> None:
+        total = sum(e.nbytes for e in self._entries.values())
+        for entry in sorted(self._entries.values(), key=lambda e: e.last_used):
+            if total <= self.budget:
+                break
+            if entry.key == keep or entry.users > 0:
+                continue
+            del self._entries[entry.key]
+            total -= entry.nbytes
+            self.evictions += 1
+
+    # -- reporting ------------------------------------------------------------------
+    def status(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [
+                {
+                    "model": e.model.display_name,
+                    "source": e.model.source,
+                    "profile": e.model.profile.name,
+                    "dtype": e.key[1],
+                    "device": e.key[2],
+                    "bytes": e.nbytes,
+                    "tasks": sorted(e.variants),
+                    "in_use": e.users,
+                    "load_ms": round(e.load_ms, 1),
+                }
+                for e in sorted(self._entries.values(), key=lambda e: -e.last_used)
+            ]
+
+    def total_bytes(self) -> int:
+        with self._lock:
+            return sum(e.nbytes for e in self._entries.values())
+
+    def clear(self) -> None:
+        with self._lock:
+            for key in [k for k, e in self._entries.items() if e.users == 0]:
+                del self._entries[key]
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def base_class_task(model: ResolvedModel, class_name: str) -> str:
+    for task, name in model.profile.pipelines.items():
+        if name == class_name:
+            return task
+    return "text-to-image"

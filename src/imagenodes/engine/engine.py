@@ -1,0 +1,297 @@
+"""The engine: routes a request to a family, gets the pipeline from the cache and runs it.
+
+Nodes reach it only through their run context, which supplies ``control``: the
+object that receives progress events and raises when the run is cancelled or out of
+time.  Checks happen before the load, while waiting for another thread's load, and
+at every denoising step.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+from PIL import Image
+
+from imagenodes.connections.local import LocalDiffusersConnection
+from imagenodes.engine import notices as nc
+from imagenodes.engine.cache import CacheEntry, PipelineCache
+from imagenodes.engine.device import PRECISION_ALIASES, pick_device, pick_dtype
+from imagenodes.engine.notices import Notice
+from imagenodes.engine.profiles import IMAGE_TO_IMAGE, INSTRUCT_EDIT, ModelProfile
+from imagenodes.engine.request import GenerationRequest
+from imagenodes.engine.routing import ResolvedModel, adapt, resolve
+from imagenodes.registry.errors import GenerationFailed, ImageNodesError
+
+MAX_SEED = 2**32 - 1
+
+
+class Control(Protocol):
+    def emit(self, type: str, **data: Any) -> None: ...
+
+    def check(self) -> None: ...
+
+
+class _NullControl:
+    def emit(self, type: str, **data: Any) -> None:
+        pass
+
+    def check(self) -> None:
+        pass
+
+
+@dataclass
+class GenerationResult:
+    images: list[Image.Image]
+    seeds: list[int]
+    request: GenerationRequest
+    model: ResolvedModel
+    notices: list[Notice] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    pipeline_calls: int = 0
+    device: str = "cpu"
+    dtype: str = "float32"
+
+
+def draw_seed() -> int:
+    return random.SystemRandom().randint(0, MAX_SEED)
+
+
+def _is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, torch.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+    )
+
+
+class Engine:
+    """One per host: owns the pipeline cache and the registered model profiles."""
+
+    def __init__(
+        self, profiles: Mapping[str, ModelProfile], cache_bytes: int | None = None
+    ) -> None:
+        self.profiles = dict(profiles)
+        self.cache = PipelineCache(cache_bytes)
+        self._resolved: dict[tuple[Any, ...], ResolvedModel] = {}
+        self._resolve_lock = threading.Lock()
+
+    # -- routing --------------------------------------------------------------------
+    def resolve(
+        self, connection: LocalDiffusersConnection, model: str | None = None
+    ) -> ResolvedModel:
+        spec = model or connection.model
+        token = connection.hub_token.get_secret_value() if connection.hub_token else None
+        key = (spec, connection.models_dir, connection.offline, connection.profile)
+        with self._resolve_lock:
+            hit = self._resolved.get(key)
+        if hit is not None:
+            return hit
+        resolved = resolve(
+            spec,
+            self.profiles,
+            models_dir=connection.models_dir,
+            offline=connection.offline,
+            token=token,
+            forced_profile=connection.profile,
+        )
+        with self._resolve_lock:
+            self._resolved[key] = resolved
+        return resolved
+
+    def placement(
+        self, connection: LocalDiffusersConnection, precision: str | None
+    ) -> tuple[str, str]:
+        device = pick_device(connection.device)
+        dtype = pick_dtype(precision or connection.dtype, device)
+        if device == "cpu":
+            dtype = "float32" if precision else dtype
+        return device, PRECISION_ALIASES.get(dtype, dtype)
+
+    # -- status ---------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        return {
+            "loaded": self.cache.status(),
+            "bytes": self.cache.total_bytes(),
+            "budget_bytes": self.cache.budget,
+            "loads": self.cache.loads,
+            "evictions": self.cache.evictions,
+            "device": pick_device("auto"),
+        }
+
+    def clear(self) -> None:
+        self.cache.clear()
+
+    # -- generation -----------------------------------------------------------------
+    def generate(
+        self,
+        req: GenerationRequest,
+        connection: LocalDiffusersConnection,
+        *,
+        control: Control | None = None,
+        model: str | None = None,
+    ) -> GenerationResult:
+        control = control or _NullControl()
+        control.check()
+        resolved = self.resolve(connection, model)
+        device, dtype = self.placement(connection, req.precision)
+        effective, notices = adapt(req, resolved.profile, device=device)
+        seed = effective.seed if effective.seed is not None else draw_seed()
+        effective.seed = seed
+        timings: dict[str, float] = {}
+
+        t0 = time.perf_counter()
+        control.emit("model_loading", model=resolved.display_name, profile=resolved.profile.name)
+        entry, cached = self.cache.acquire(resolved, dtype, device, wait=control.check)
+        try:
+            timings["load_ms"] = (time.perf_counter() - t0) * 1000
+            control.emit(
+                "model_loaded",
+                model=resolved.display_name,
+                cached=cached,
+                load_ms=round(timings["load_ms"], 1),
+            )
+            control.check()
+            t1 = time.perf_counter()
+            images, calls, split_notices = self._run_batches(entry, effective, control)
+            timings["generate_ms"] = (time.perf_counter() - t1) * 1000
+        finally:
+            self.cache.release(entry)
+        notices.extend(split_notices)
+        return GenerationResult(
+            images=images,
+            seeds=[seed + i for i in range(effective.num_images)],
+            request=effective,
+            model=resolved,
+            notices=notices,
+            timings=timings,
+            pipeline_calls=calls,
+            device=device,
+            dtype=dtype,
+        )
+
+    def _run_batches(
+        self, entry: CacheEntry, req: GenerationRequest, control: Control
+    ) -> tuple[list[Image.Image], int, list[Notice]]:
+        """Run in chunks of the family's per-call limit; halve a chunk on OOM."""
+        limit = max(1, entry.model.profile.max_images_per_call)
+        pending = [(i, min(limit, req.num_images - i)) for i in range(0, req.num_images, limit)]
+        images: dict[int, Image.Image] = {}
+        notices: list[Notice] = []
+        calls = 0
+        while pending:
+            start, count = pending.pop(0)
+            try:
+                calls += 1
+                out = self._call(entry, req, start, count, control)
+            except ImageNodesError:
+                raise
+            except Exception as exc:
+                if _is_oom(exc) and count > 1:
+                    half = count // 2
+                    notices.append(
+                        Notice(
+                            nc.BATCH_SPLIT,
+                            "batch_size",
+                            count,
+                            half,
+                            "out of memory; retrying the batch in halves",
+                        )
+                    )
+                    pending[:0] = [(start, half), (start + half, count - half)]
+                    if torch.cuda.is_available():
+                        torch.cuda.empty_cache()
+                    continue
+                raise GenerationFailed(
+                    f"{entry.model.profile.title} failed to generate: {type(exc).__name__}: {exc}",
+                    field=None,
+                ) from exc
+            for offset, image in enumerate(out):
+                images[start + offset] = image
+        return [images[i] for i in sorted(images)], calls, notices
+
+    def _call(
+        self, entry: CacheEntry, req: GenerationRequest, start: int, count: int, control: Control
+    ) -> list[Image.Image]:
+        pipe = entry.pipeline(req.task)
+        profile = entry.model.profile
+        generators = [
+            torch.Generator("cpu").manual_seed(int(req.seed) + start + i)  # type: ignore[arg-type]
+            for i in range(count)
+        ]
+        total_steps = req.steps or profile.default_steps
+        started = time.perf_counter()
+
+        def on_step(
+            pipeline: Any, step: int, timestep: Any, kwargs: dict[str, Any]
+        ) -> dict[str, Any]:
+            total = int(getattr(pipeline, "_num_timesteps", 0) or total_steps)
+            elapsed = time.perf_counter() - started
+            done = step + 1
+            control.emit(
+                "step",
+                batch_index=start,
+                batch_size=count,
+                step=done,
+                total=total,
+                elapsed_s=round(elapsed, 3),
+                eta_s=round(elapsed / done * (total - done), 3),
+            )
+            control.check()
+            return kwargs
+
+        kwargs: dict[str, Any] = {
+            "prompt": req.prompt,
+            "num_inference_steps": req.steps,
+            "guidance_scale": req.guidance_scale,
+            "num_images_per_prompt": count,
+            "generator": generators,
+            "callback_on_step_end": on_step,
+            "output_type": "pil",
+        }
+        if "negative_prompt" in profile.supports and req.negative_prompt is not None:
+            kwargs["negative_prompt"] = req.negative_prompt
+        if "prompt_2" in profile.supports and req.prompt_2 is not None:
+            kwargs["prompt_2"] = req.prompt_2
+        if req.task in (IMAGE_TO_IMAGE, INSTRUCT_EDIT):
+            if req.image is None:
+                raise GenerationFailed(f"{req.task} needs a source image", field="source_image")
+            kwargs["image"] = req.image.convert("RGB").resize(
+                (req.width, req.height), Image.Resampling.LANCZOS
+            )
+            if req.task == IMAGE_TO_IMAGE:
+                kwargs["strength"] = req.strength if req.strength is not None else 0.8
+            else:
+                kwargs["image_guidance_scale"] = (
+                    req.image_guidance_scale if req.image_guidance_scale is not None else 1.5
+                )
+            if req.task == IMAGE_TO_IMAGE and type(pipe).__name__.startswith("Flux"):
+                kwargs["width"], kwargs["height"] = req.width, req.height
+        else:
+            kwargs["width"], kwargs["height"] = req.width, req.height
+        with entry.lock:
+            control.check()
+            lora = self._apply_lora(pipe, req)
+            try:
+                result = pipe(**kwargs)
+            finally:
+                if lora:
+                    pipe.unload_lora_weights()
+        return list(result.images)
+
+    @staticmethod
+    def _apply_lora(pipe: Any, req: GenerationRequest) -> bool:
+        if not req.lora_path:
+            return False
+        try:
+            pipe.load_lora_weights(req.lora_path, adapter_name="imagenodes_training")
+            pipe.set_adapters(["imagenodes_training"], adapter_weights=[req.lora_scale])
+        except Exception as exc:
+            raise GenerationFailed(
+                f"cannot apply the training at {req.lora_path}: {type(exc).__name__}: {exc}",
+                field="trainingId",
+            ) from exc
+        return True

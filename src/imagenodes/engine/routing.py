@@ -1,0 +1,348 @@
+"""Routing: which family a model belongs to, and how a request is adapted to it.
+
+Resolution order for a model spec: ``embedded`` / a profile preset name → that
+profile's model; ``models_dir/<spec>`` → a local folder; an existing local folder; a
+hub id (offline: only the local Hugging Face cache).  The family is then the forced
+profile, else the highest-priority profile whose id pattern matches, else the profile
+claiming ``model_index.json``'s ``_class_name``, else a generic profile when diffusers'
+AutoPipeline knows the class.  Anything else is a CONNECTION_ERROR naming the class.
+
+Adaptation never fails on a parameter the family cannot use and never drops one
+silently: each change is a :class:`~imagenodes.engine.notices.Notice`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from imagenodes.engine import notices as nc
+from imagenodes.engine.aspect import fit_size
+from imagenodes.engine.embedded import EMBEDDED_MODEL_NAME, embedded_model_path
+from imagenodes.engine.notices import Notice
+from imagenodes.engine.profiles import (
+    IMAGE_TO_IMAGE,
+    INSTRUCT_EDIT,
+    TEXT_TO_IMAGE,
+    ModelProfile,
+)
+from imagenodes.engine.request import GenerationRequest
+from imagenodes.registry.errors import ConnectionError, GenerationFailed
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A model spec resolved to a loadable source and its family."""
+
+    spec: str
+    source: str  # local folder or hub id passed to from_pretrained
+    class_name: str
+    profile: ModelProfile
+
+    @property
+    def display_name(self) -> str:
+        return EMBEDDED_MODEL_NAME if self.profile.name == "embedded" else self.spec
+
+
+def _hub_snapshot(repo_id: str, *, offline: bool, token: str | None) -> Path:
+    """Local folder of a hub model: the HF cache when offline, else a download."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(
+            snapshot_download(
+                repo_id,
+                local_files_only=offline,
+                token=token,
+                allow_patterns=None,
+            )
+        )
+    except Exception as exc:
+        how = (
+            "is not in the local cache and the connection is offline"
+            if offline
+            else (f"could not be downloaded ({type(exc).__name__})")
+        )
+        raise ConnectionError(
+            f"model {repo_id!r} {how}; set the connection's model to a local folder or "
+            "models_dir to a folder holding it",
+            field="model",
+        ) from None
+
+
+def locate(
+    spec: str,
+    profiles: Mapping[str, ModelProfile],
+    *,
+    models_dir: str | None = None,
+    offline: bool = True,
+    token: str | None = None,
+) -> Path:
+    """The local folder for a model spec (preset name, path or hub id)."""
+    if spec in ("", "embedded", EMBEDDED_MODEL_NAME):
+        return embedded_model_path()
+    profile = profiles.get(spec)
+    if profile is not None and profile.default_model and profile.default_model != spec:
+        return locate(
+            profile.default_model, profiles, models_dir=models_dir, offline=offline, token=token
+        )
+    if models_dir:
+        candidate = Path(models_dir).expanduser() / spec
+        if (candidate / "model_index.json").is_file():
+            return candidate
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if not (path / "model_index.json").is_file():
+            raise ConnectionError(
+                f"model folder {str(path)!r} has no model_index.json (not a diffusers pipeline)",
+                field="model",
+            )
+        return path
+    if spec.count("/") == 1 and not spec.startswith((".", "/", "~")):
+        return _hub_snapshot(spec, offline=offline, token=token)
+    raise ConnectionError(f"model {spec!r} is neither a local folder nor a hub id", field="model")
+
+
+def read_class_name(folder: Path) -> str:
+    try:
+        data = json.loads((folder / "model_index.json").read_text())
+        return str(data["_class_name"])
+    except (OSError, ValueError, KeyError) as exc:
+        raise ConnectionError(
+            f"cannot read _class_name from {folder / 'model_index.json'}: {exc}", field="model"
+        ) from None
+
+
+def auto_profile(class_name: str) -> ModelProfile | None:
+    """A generic profile for a class diffusers' AutoPipeline can route."""
+    from diffusers.pipelines import auto_pipeline as ap
+
+    pipes: dict[str, str] = {}
+    for task, mapping in (
+        (TEXT_TO_IMAGE, ap.AUTO_TEXT2IMAGE_PIPELINES_MAPPING),
+        (IMAGE_TO_IMAGE, ap.AUTO_IMAGE2IMAGE_PIPELINES_MAPPING),
+    ):
+        cls = ap._get_task_class(mapping, class_name, throw_error_if_not_exist=False)
+        if cls is not None:
+            pipes[task] = cls.__name__
+    if not pipes:
+        return None
+    return ModelProfile(
+        name=f"auto:{class_name}",
+        title=f"{class_name} (routed by diffusers AutoPipeline)",
+        pipelines=pipes,
+        class_names=(class_name,),
+        native_resolution=512,
+        max_resolution=2048,
+        size_multiple=16,
+        supports=frozenset({"negative_prompt", "guidance"}),
+        notes="No profile names this family; capabilities are generic defaults.",
+    )
+
+
+def pick_profile(
+    spec: str,
+    folder: Path,
+    class_name: str,
+    profiles: Mapping[str, ModelProfile],
+    forced: str | None = None,
+) -> ModelProfile:
+    if forced:
+        if forced not in profiles:
+            raise ConnectionError(
+                f"profile {forced!r} is not registered; known: {', '.join(sorted(profiles))}",
+                field="profile",
+            )
+        return profiles[forced]
+    ordered = sorted(profiles.values(), key=lambda p: -p.priority)
+    if folder.resolve() == embedded_model_path().resolve() and "embedded" in profiles:
+        return profiles["embedded"]
+    for profile in ordered:
+        if profile.matches_id(spec) or profile.matches_id(str(folder)):
+            return profile
+    for profile in ordered:
+        if class_name in profile.class_names:
+            return profile
+    generic = auto_profile(class_name)
+    if generic is not None:
+        return generic
+    raise ConnectionError(
+        f"model {spec!r} has pipeline class {class_name!r}, which no registered model profile "
+        f"and no diffusers AutoPipeline task can route; known families: "
+        f"{', '.join(sorted(profiles))}",
+        field="model",
+        details={"class_name": class_name},
+    )
+
+
+def resolve(
+    spec: str,
+    profiles: Mapping[str, ModelProfile],
+    *,
+    models_dir: str | None = None,
+    offline: bool = True,
+    token: str | None = None,
+    forced_profile: str | None = None,
+) -> ResolvedModel:
+    folder = locate(spec, profiles, models_dir=models_dir, offline=offline, token=token)
+    class_name = read_class_name(folder)
+    profile = pick_profile(spec, folder, class_name, profiles, forced_profile)
+    return ResolvedModel(
+        spec=spec or "embedded", source=str(folder), class_name=class_name, profile=profile
+    )
+
+
+# -- adaptation ------------------------------------------------------------------------
+def _ignored(field: str, value: Any, profile: ModelProfile, why: str) -> Notice:
+    return Notice(nc.PARAMETER_IGNORED, field, value, None, f"{profile.title}: {why}")
+
+
+def _clamp(value: float, lo: float, hi: float) -> float:
+    return min(max(value, lo), hi)
+
+
+def adapt(
+    req: GenerationRequest, profile: ModelProfile, *, device: str = "cpu"
+) -> tuple[GenerationRequest, list[Notice]]:
+    """Fit a request to a family; returns the effective request and what changed."""
+    notices: list[Notice] = []
+    out = req.copy()
+
+    # Task: an image-to-image request on an instruction-edit family becomes an edit.
+    if (
+        out.task == IMAGE_TO_IMAGE
+        and out.task not in profile.tasks
+        and (INSTRUCT_EDIT in profile.tasks)
+    ):
+        notices.append(
+            Notice(
+                nc.TASK_ROUTED,
+                "task",
+                IMAGE_TO_IMAGE,
+                INSTRUCT_EDIT,
+                f"{profile.title} edits images by instruction",
+            )
+        )
+        out.task = INSTRUCT_EDIT
+        if out.strength is not None:
+            notices.append(
+                _ignored(
+                    "strength",
+                    out.strength,
+                    profile,
+                    "instruction edits use image_guidance_scale, not strength",
+                )
+            )
+            out.strength = None
+    if out.task not in profile.tasks:
+        raise GenerationFailed(
+            f"{profile.title} cannot do {out.task}; it supports {', '.join(sorted(profile.tasks))}",
+            field="model",
+        )
+
+    # Optional parameters the family cannot use.
+    if out.negative_prompt and "negative_prompt" not in profile.supports:
+        notices.append(
+            _ignored(
+                "negative_prompt",
+                out.negative_prompt,
+                profile,
+                "this family has no negative prompt",
+            )
+        )
+        out.negative_prompt = None
+    if out.prompt_2 is not None and "prompt_2" not in profile.supports:
+        if "prompt_2" in out.explicit or out.prompt_2:
+            notices.append(
+                _ignored(
+                    "prompt_2",
+                    out.prompt_2,
+                    profile,
+                    "prompt_2 feeds a second text encoder this family lacks",
+                )
+            )
+        out.prompt_2 = None
+    if out.image_guidance_scale is not None and "image_guidance_scale" not in profile.supports:
+        if "image_guidance_scale" in out.explicit:
+            notices.append(
+                _ignored(
+                    "image_guidance_scale",
+                    out.image_guidance_scale,
+                    profile,
+                    "only InstructPix2Pix models use image guidance",
+                )
+            )
+        out.image_guidance_scale = None
+
+    # Ranges.
+    if out.steps is None:
+        out.steps = profile.default_steps
+    lo, hi = profile.steps_range
+    if not lo <= out.steps <= hi:
+        steps = int(_clamp(out.steps, lo, hi))
+        notices.append(
+            Notice(
+                nc.STEPS_CLAMPED,
+                "steps",
+                out.steps,
+                steps,
+                f"{profile.title} works with {lo}–{hi} steps",
+            )
+        )
+        out.steps = steps
+    if out.guidance_scale is None:
+        out.guidance_scale = profile.default_guidance
+    glo, ghi = profile.guidance_range
+    if not glo <= out.guidance_scale <= ghi:
+        guidance = _clamp(out.guidance_scale, glo, ghi)
+        notices.append(
+            Notice(
+                nc.GUIDANCE_CLAMPED,
+                "guidance_scale",
+                out.guidance_scale,
+                guidance,
+                f"{profile.title} uses guidance {glo}–{ghi}",
+            )
+        )
+        out.guidance_scale = guidance
+
+    # Size.
+    if out.width is None or out.height is None:
+        if out.image is not None:
+            out.width, out.height = out.image.size
+        else:
+            out.width = out.height = profile.native_resolution
+    out.width, out.height, size_notes = fit_size(
+        out.width, out.height, profile, field="width/height"
+    )
+    notices.extend(size_notes)
+
+    # Precision.
+    if out.precision:
+        wanted = {"fp16": "float16", "bf16": "bfloat16"}.get(out.precision, out.precision)
+        if device == "cpu" and wanted != "float32":
+            notices.append(
+                Notice(
+                    nc.PRECISION_FALLBACK,
+                    "precision",
+                    out.precision,
+                    "fp32",
+                    "half precision is not used on CPU (slow and lossy there)",
+                )
+            )
+            out.precision = "fp32"
+        elif wanted not in profile.dtypes:
+            notices.append(
+                Notice(
+                    nc.PRECISION_FALLBACK,
+                    "precision",
+                    out.precision,
+                    profile.dtypes[0],
+                    f"{profile.title} runs in {profile.dtypes}",
+                )
+            )
+            out.precision = profile.dtypes[0]
+    return out, notices

@@ -1,0 +1,59 @@
+"""Field types and schema helpers shared by the built-in nodes.
+
+Validators here are ``AfterValidator``s on purpose: they add checks (non-empty
+prompt, non-negative size) without adding keywords to the JSON Schema, because the
+seed nodes' schemas must stay exactly the seeds' schemas.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, ConfigDict
+
+
+def _non_empty(value: str) -> str:
+    if not value.strip():
+        raise ValueError("prompt is empty or whitespace-only")
+    return value
+
+
+def _non_negative(value: int) -> int:
+    if value < 0:
+        raise ValueError(f"must be ≥ 0 (0 = use the source image's size), got {value}")
+    return value
+
+
+Prompt = Annotated[str, AfterValidator(_non_empty)]
+NonNegativeSize = Annotated[int, AfterValidator(_non_negative)]
+
+
+def _drop_additional_properties(schema: dict[str, Any]) -> None:
+    schema.pop("additionalProperties", None)
+
+
+def seed_model_config(title: str) -> ConfigDict:
+    """Config for models whose schema must equal a seed's: extra fields are still
+    refused at validation, but the published schema carries no additionalProperties
+    keyword because the seed's does not."""
+    return ConfigDict(extra="forbid", title=title, json_schema_extra=_drop_additional_properties)
+
+
+PROMPT_DESCRIPTION = (
+    "What you wish to see in the output image. A strong, descriptive prompt that clearly "
+    "defines elements, colors, and subjects will lead to better results."
+)
+NEGATIVE_PROMPT_DESCRIPTION = (
+    "A blurb of text describing what you do not wish to see in the output image."
+)
+
+#: Field → error code of the seeds' error tables (see Node.field_codes).
+SEED_FIELD_CODES = {
+    "prompt": "EMPTY_PROMPT",
+    "guidance_scale": "INVALID_GUIDANCE_SCALE",
+    "image_guidance_scale": "INVALID_GUIDANCE_SCALE",
+    "steps": "INVALID_STEPS",
+    "batch_size": "BATCH_SIZE_EXCEEDED",
+    "aspect_ratio": "INVALID_ASPECT_RATIO",
+    "strength": "INVALID_STRENGTH",
+}

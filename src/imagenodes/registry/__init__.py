@@ -1,0 +1,1 @@
+"""The host registry: plugin manager, discovery, catalog, execution, events, errors."""
