@@ -1,0 +1,434 @@
+"""Loading image inputs (``source_image`` and friends) from whatever builders send.
+
+Builders pass images as workspace references, paths, URLs, data URIs or bare
+base64.  All of it is untrusted, so every way in ends in the same checks: stay inside
+the workspace, cap bytes before reading them, cap pixels *from the header* before
+decoding (decompression bombs), decode fully so truncation is caught here rather
+than half-way through a pipeline, and turn every failure into a
+:class:`SourceImageError` naming the field.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import http.client
+import io
+import os
+import re
+import socket
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from imagenodes.registry.errors import InputError, SourceImageError
+from imagenodes.workspace.store import Workspace, _redact
+
+#: Environment override for the default pixel cap.
+MAX_PIXELS_ENV = "IMAGENODES_MAX_PIXELS"
+DEFAULT_MAX_PIXELS = 50_000_000
+DEFAULT_MAX_BYTES = 50 * 1024 * 1024
+DEFAULT_TIMEOUT = 20.0
+
+#: Decoders we allow.  Restricting Pillow matters: e.g. EPS would run Ghostscript
+#: on attacker-supplied bytes.  MPO (multi-picture phone JPEGs) is listed for
+#: Pillow versions that register it separately; newer ones open it via JPEG.
+ALLOWED_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "MPO", "WEBP", "GIF", "BMP", "TIFF")
+_ALLOWED_KINDS = (
+    "a workspace reference or path inside the workspace, an http(s):// URL, "
+    "a data:image/...;base64, URI, or base64-encoded image bytes"
+)
+_ALLOWED_FORMATS_TEXT = "PNG, JPEG, WebP, GIF, BMP or TIFF"
+
+# Signatures used to tell bare base64 apart from a relative path.
+_MAGIC: tuple[bytes, ...] = (
+    b"\x89PNG\r\n\x1a\n",
+    b"\xff\xd8\xff",
+    b"GIF87a",
+    b"GIF89a",
+    b"BM",
+    b"II*\x00",
+    b"MM\x00*",
+)
+_B64_RE = re.compile(r"^[A-Za-z0-9+/\-_\s]+={0,2}\s*$")
+_SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]+):")
+# Strings this long in the base64 alphabet are not plausible paths, so a failed
+# decode is reported as bad base64 rather than as a missing file.
+_CLEARLY_B64_LEN = 256
+_CHUNK = 64 * 1024
+
+# ImageFile.LOAD_TRUNCATED_IMAGES is process-global; if another component turned it
+# on we switch it off around our own decode, serialised so we restore it correctly.
+_TRUNCATION_LOCK = threading.Lock()
+
+
+def default_max_pixels() -> int:
+    """Pixel cap from ``IMAGENODES_MAX_PIXELS``, read per call so tests and
+    deployments can change it without re-importing."""
+    raw = os.environ.get(MAX_PIXELS_ENV)
+    if raw is None or not raw.strip():
+        return DEFAULT_MAX_PIXELS
+    try:
+        value = int(raw.strip().replace("_", ""))
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise InputError(
+            f"{MAX_PIXELS_ENV}={raw!r} is not a positive integer number of pixels",
+            field=MAX_PIXELS_ENV,
+        )
+    return value
+
+
+def load_image(
+    source: str,
+    workspace: Workspace,
+    *,
+    field: str = "source_image",
+    max_pixels: int | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> Image.Image:
+    """Fetch, validate and fully decode an image input into an RGB image."""
+    cap = default_max_pixels() if max_pixels is None else max_pixels
+    if not isinstance(cap, int) or isinstance(cap, bool) or cap <= 0:
+        raise InputError(f"max_pixels must be a positive integer, got {cap!r}", field="max_pixels")
+    data = read_image_bytes(source, workspace, field=field, timeout=timeout, max_bytes=max_bytes)
+    return decode_image(data, field=field, max_pixels=cap)
+
+
+def read_image_bytes(
+    source: str,
+    workspace: Workspace,
+    *,
+    field: str = "source_image",
+    timeout: float = DEFAULT_TIMEOUT,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> bytes:
+    """Raw bytes of an image input, dispatched on what the string looks like."""
+    if not isinstance(source, str):
+        raise SourceImageError(
+            f"expected a string, got {type(source).__name__}; allowed: {_ALLOWED_KINDS}",
+            field=field,
+        )
+    value = source.strip()
+    if not value:
+        raise SourceImageError(f"empty image input; allowed: {_ALLOWED_KINDS}", field=field)
+    scheme_match = _SCHEME_RE.match(value)
+    scheme = scheme_match.group(1).lower() if scheme_match else None
+    if scheme == "data":
+        return _decode_data_uri(value, field=field, max_bytes=max_bytes)
+    if scheme in ("http", "https"):
+        return fetch_url(value, field=field, timeout=timeout, max_bytes=max_bytes)
+    if scheme is not None:
+        if scheme not in workspace.protocols:
+            raise SourceImageError(
+                f"unsupported image location {_redact(value)!r} ({scheme}:// is neither "
+                f"http(s) nor this workspace's storage {workspace.url}); allowed: "
+                f"{_ALLOWED_KINDS}",
+                field=field,
+            )
+        return workspace.read_bytes(value, field=field, max_bytes=max_bytes)
+    decoded = _maybe_base64(value, max_bytes=max_bytes, field=field)
+    if decoded is not None and (decoded.startswith(_MAGIC) or _is_webp(decoded)):
+        return decoded
+    if decoded is not None and len(value) >= _CLEARLY_B64_LEN:
+        # Long, base64-shaped and decodable: not a path.  Let the decoder say why.
+        return decoded
+    return workspace.read_bytes(value, field=field, max_bytes=max_bytes)
+
+
+def _is_webp(data: bytes) -> bool:
+    return data[:4] == b"RIFF" and data[8:12] == b"WEBP"
+
+
+def _maybe_base64(value: str, *, max_bytes: int, field: str) -> bytes | None:
+    """Decoded bytes if ``value`` is well-formed base64, else None (then it is a path)."""
+    if len(value) < 16 or not _B64_RE.match(value):
+        return None
+    compact = re.sub(r"\s+", "", value)
+    if len(compact) * 3 // 4 > max_bytes:
+        raise SourceImageError(
+            f"base64 image is about {len(compact) * 3 // 4} bytes; the maximum is "
+            f"{max_bytes} bytes",
+            field=field,
+        )
+    return decode_base64(compact, field=field, strict=False)
+
+
+def decode_base64(value: str, *, field: str = "source_image", strict: bool = True) -> bytes | None:
+    """Standard or URL-safe base64 with optional padding.
+
+    With ``strict`` a malformed payload raises; otherwise it returns None so the
+    caller can try another interpretation (a relative path).
+    """
+    compact = re.sub(r"\s+", "", value)
+    padded = compact + "=" * (-len(compact) % 4)
+    alphabet_urlsafe = "-" in compact or "_" in compact
+    try:
+        if alphabet_urlsafe:
+            if "+" in compact or "/" in compact:
+                raise binascii.Error("mixed standard and URL-safe alphabets")
+            return base64.urlsafe_b64decode(padded)
+        return base64.b64decode(padded, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        if not strict:
+            return None
+        raise SourceImageError(
+            f"invalid base64 image data ({exc}); allowed: standard or URL-safe base64",
+            field=field,
+        ) from exc
+
+
+def _decode_data_uri(value: str, *, field: str, max_bytes: int) -> bytes:
+    header, sep, payload = value.partition(",")
+    if not sep:
+        raise SourceImageError(
+            "data URI has no ',' separating header and data; allowed: "
+            "data:image/<type>;base64,<data>",
+            field=field,
+        )
+    params = [p.strip().lower() for p in header[5:].split(";")]
+    media_type = params[0] if params else ""
+    if not media_type.startswith("image/"):
+        raise SourceImageError(
+            f"data URI media type {media_type or '(none)'!r} is not an image; allowed: "
+            "data:image/<type>;base64,<data>",
+            field=field,
+        )
+    if "base64" not in params[1:]:
+        raise SourceImageError(
+            "data URI is not base64-encoded; allowed: data:image/<type>;base64,<data>",
+            field=field,
+        )
+    payload = urllib.parse.unquote(payload)
+    compact = re.sub(r"\s+", "", payload)
+    if not compact:
+        raise SourceImageError("data URI carries no image data", field=field)
+    if len(compact) * 3 // 4 > max_bytes:
+        raise SourceImageError(
+            f"data URI image is about {len(compact) * 3 // 4} bytes; the maximum is "
+            f"{max_bytes} bytes",
+            field=field,
+        )
+    data = decode_base64(compact, field=field, strict=True)
+    assert data is not None  # strict=True never returns None
+    return data
+
+
+class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
+    """urllib also follows redirects to ftp://; an image URL must stay on http(s)."""
+
+    def redirect_request(
+        self,
+        req: urllib.request.Request,
+        fp: Any,
+        code: int,
+        msg: str,
+        headers: Any,
+        newurl: str,
+    ) -> urllib.request.Request | None:
+        if urllib.parse.urlsplit(newurl).scheme.lower() not in ("http", "https"):
+            raise urllib.error.HTTPError(
+                newurl,
+                code,
+                f"redirect to non-HTTP URL refused: {_redact(newurl)}",
+                headers,
+                fp,
+            )
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def fetch_url(
+    url: str,
+    *,
+    field: str = "source_image",
+    timeout: float = DEFAULT_TIMEOUT,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> bytes:
+    """GET an http(s) URL with a total deadline and a byte cap.
+
+    urllib's ``timeout`` is per socket operation, so a server trickling bytes could
+    hold a run forever; the deadline bounds the whole download.
+    """
+    shown = _redact(url)
+    opener = urllib.request.build_opener(_HttpOnlyRedirects)
+    request = urllib.request.Request(
+        url, headers={"User-Agent": "imagenodes/0.1", "Accept": "image/*"}
+    )
+    deadline = time.monotonic() + timeout
+    try:
+        with opener.open(request, timeout=timeout) as response:
+            status = getattr(response, "status", 200)
+            if status != 200:
+                raise SourceImageError(
+                    f"{shown} answered HTTP {status}; only 200 OK is accepted",
+                    field=field,
+                )
+            length = response.headers.get("Content-Length")
+            if length and length.isdigit() and int(length) > max_bytes:
+                raise SourceImageError(
+                    f"{shown} is {int(length)} bytes; the maximum is {max_bytes} bytes",
+                    field=field,
+                )
+            return b"".join(_read_capped(response, shown, field, max_bytes, deadline, timeout))
+    except SourceImageError:
+        raise
+    except urllib.error.HTTPError as exc:
+        raise SourceImageError(
+            f"{shown} answered HTTP {exc.code} {exc.reason}; a publicly accessible image "
+            "URL answering 200 OK is required",
+            field=field,
+        ) from exc
+    except urllib.error.URLError as exc:
+        reason = exc.reason
+        if isinstance(reason, TimeoutError | socket.timeout):
+            raise SourceImageError(f"{shown} timed out after {timeout:g} s", field=field) from exc
+        raise SourceImageError(f"could not fetch {shown}: {reason}", field=field) from exc
+    except TimeoutError as exc:
+        raise SourceImageError(f"{shown} timed out after {timeout:g} s", field=field) from exc
+    except (OSError, http.client.HTTPException, ValueError) as exc:
+        raise SourceImageError(f"could not fetch {shown}: {exc}", field=field) from exc
+
+
+def _read_capped(
+    response: Any, shown: str, field: str, max_bytes: int, deadline: float, timeout: float
+) -> Iterator[bytes]:
+    total = 0
+    while True:
+        if time.monotonic() > deadline:
+            raise SourceImageError(f"{shown} timed out after {timeout:g} s", field=field)
+        chunk = response.read(_CHUNK)
+        if not chunk:
+            return
+        total += len(chunk)
+        if total > max_bytes:
+            raise SourceImageError(
+                f"{shown} sent more than {max_bytes} bytes; the maximum is {max_bytes} bytes",
+                field=field,
+            )
+        yield chunk
+
+
+@contextlib.contextmanager
+def _strict_truncation() -> Iterator[None]:
+    if not ImageFile.LOAD_TRUNCATED_IMAGES:
+        yield
+        return
+    with _TRUNCATION_LOCK:
+        previous = ImageFile.LOAD_TRUNCATED_IMAGES
+        ImageFile.LOAD_TRUNCATED_IMAGES = False
+        try:
+            yield
+        finally:
+            ImageFile.LOAD_TRUNCATED_IMAGES = previous
+
+
+def decode_image(
+    data: bytes, *, field: str = "source_image", max_pixels: int = DEFAULT_MAX_PIXELS
+) -> Image.Image:
+    """Fully decoded RGB image, with the pixel cap checked before any decoding.
+
+    EXIF orientation is applied (phone photos would otherwise arrive sideways) and
+    transparency is flattened onto white, because diffusion pipelines take RGB.
+    """
+    if not data:
+        raise SourceImageError(
+            f"image data is empty; expected {_ALLOWED_FORMATS_TEXT}", field=field
+        )
+    # With an explicit ``formats`` list Pillow only consults already-registered
+    # plugins (TIFF/MPO/WebP are not, until init); init() is a no-op after the first.
+    Image.init()
+    formats = [name for name in ALLOWED_FORMATS if name in Image.OPEN]
+    bomb_limit = Image.MAX_IMAGE_PIXELS
+    with warnings.catch_warnings():
+        # Pillow's own guard is a backstop: when our cap is the stricter one it
+        # fires first anyway; when a deployment raised our cap above Pillow's, the
+        # warning must not veto what was explicitly allowed.
+        action = "error" if bomb_limit is None or max_pixels <= bomb_limit else "ignore"
+        warnings.simplefilter(action, Image.DecompressionBombWarning)
+        try:
+            image = Image.open(io.BytesIO(data), formats=formats)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise SourceImageError(
+                f"image declares too many pixels ({exc}); the maximum is {max_pixels} pixels",
+                field=field,
+            ) from exc
+        except UnidentifiedImageError as exc:
+            raise SourceImageError(
+                f"data is not a supported image; allowed formats: {_ALLOWED_FORMATS_TEXT}",
+                field=field,
+            ) from exc
+        except Exception as exc:  # Pillow plugins raise a zoo of types on bad headers.
+            raise SourceImageError(
+                f"corrupt image header ({type(exc).__name__}: {exc}); allowed formats: "
+                f"{_ALLOWED_FORMATS_TEXT}",
+                field=field,
+            ) from exc
+        try:
+            width, height = image.size
+            if width <= 0 or height <= 0:
+                raise SourceImageError(f"image has no pixels ({width}x{height})", field=field)
+            if width * height > max_pixels:
+                raise SourceImageError(
+                    f"image is {width}x{height} = {width * height} pixels; the maximum is "
+                    f"{max_pixels} pixels",
+                    field=field,
+                )
+            try:
+                with _strict_truncation():
+                    image.load()
+                    return _to_rgb(_exif_upright(image))
+            except SourceImageError:
+                raise
+            except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+                raise SourceImageError(
+                    f"image declares too many pixels ({exc}); the maximum is {max_pixels} pixels",
+                    field=field,
+                ) from exc
+            except Exception as exc:
+                raise SourceImageError(
+                    f"image data is truncated or corrupt ({type(exc).__name__}: {exc}); "
+                    f"provide a complete {_ALLOWED_FORMATS_TEXT} file",
+                    field=field,
+                ) from exc
+        finally:
+            image.close()
+
+
+def _exif_upright(image: Image.Image) -> Image.Image:
+    """Apply EXIF orientation; a malformed EXIF block is ignored rather than
+    rejecting pixels that decoded fine."""
+    try:
+        return ImageOps.exif_transpose(image) or image
+    except Exception:
+        return image
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode == "RGB":
+        return image.copy()
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
+        image.mode in ("P", "L", "RGB") and "transparency" in image.info
+    ):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        background.alpha_composite(rgba)
+        return background.convert("RGB")
+    return image.convert("RGB")
+
+
+def image_to_data_uri(image: Image.Image, *, fmt: str = "PNG") -> str:
+    """Inline an image as a data URI, e.g. for builders that cannot reach the workspace."""
+    buf = io.BytesIO()
+    image.save(buf, format=fmt)
+    mime = Image.MIME.get(fmt.upper(), f"image/{fmt.lower()}")
+    return f"data:{mime};base64,{base64.b64encode(buf.getvalue()).decode('ascii')}"
