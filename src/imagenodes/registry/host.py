@@ -238,7 +238,9 @@ class Host:
             store_start = time.perf_counter()
             if ctx.stored:
                 record = self._run_record(cls, validated, result)
-                result.run_json = staging.add("run.json", json.dumps(record, indent=2).encode())
+                result.run_json = staging.add(
+                    "run.json", json.dumps(record, indent=2).encode(), kind="manifest"
+                )
                 staging.commit()
                 for action in ctx.post_commit:
                     action()

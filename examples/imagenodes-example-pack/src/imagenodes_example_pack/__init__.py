@@ -1,0 +1,44 @@
+"""A complete third-party node pack: one node, found through its entry point."""
+
+from PIL import Image, ImageDraw
+from pydantic import Field
+
+from imagenodes import Node, NodeInput, NodeOutput, hookimpl
+
+
+class CheckerboardInput(NodeInput):
+    """Checkerboard input."""
+
+    size: int = Field(default=64, ge=8, le=1024, title="Size", description="Side in pixels.")
+    squares: int = Field(default=8, ge=1, le=64, title="Squares", description="Per side.")
+    colour: str = Field(default="black", title="Colour", description="Any PIL colour name.")
+
+
+class CheckerboardOutput(NodeOutput):
+    """Checkerboard output."""
+
+    image: str = Field(title="Image", description="Workspace file reference.")
+
+
+class Checkerboard(Node):
+    id = "checkerboard"
+    version = "0.1.0"
+    title = "Checkerboard"
+    description = "Draws a checkerboard: a test pattern for downstream image nodes."
+    category = "utility"
+    Input = CheckerboardInput
+    Output = CheckerboardOutput
+
+    def run(self, inputs: CheckerboardInput, ctx) -> CheckerboardOutput:
+        image = Image.new("RGB", (inputs.size, inputs.size), "white")
+        draw, cell = ImageDraw.Draw(image), inputs.size / inputs.squares
+        for i in range(inputs.squares):
+            for j in range((i % 2), inputs.squares, 2):
+                draw.rectangle([j * cell, i * cell, (j + 1) * cell - 1, (i + 1) * cell - 1],
+                               fill=inputs.colour)
+        return CheckerboardOutput(image=ctx.store_image(image, inputs.model_dump()))
+
+
+@hookimpl
+def register_nodes(register):
+    register(Checkerboard)
