@@ -1,9 +1,12 @@
 """A complete third-party node pack: one node, found through its entry point."""
 
+from collections.abc import Callable
+
 from PIL import Image, ImageDraw
 from pydantic import Field
 
 from imagenodes import Node, NodeInput, NodeOutput, hookimpl
+from imagenodes.registry.context import RunContext
 
 
 class CheckerboardInput(NodeInput):
@@ -29,16 +32,17 @@ class Checkerboard(Node):
     Input = CheckerboardInput
     Output = CheckerboardOutput
 
-    def run(self, inputs: CheckerboardInput, ctx) -> CheckerboardOutput:
+    def run(self, inputs: CheckerboardInput, ctx: RunContext) -> CheckerboardOutput:
         image = Image.new("RGB", (inputs.size, inputs.size), "white")
         draw, cell = ImageDraw.Draw(image), inputs.size / inputs.squares
         for i in range(inputs.squares):
             for j in range((i % 2), inputs.squares, 2):
-                draw.rectangle([j * cell, i * cell, (j + 1) * cell - 1, (i + 1) * cell - 1],
-                               fill=inputs.colour)
+                draw.rectangle(
+                    [j * cell, i * cell, (j + 1) * cell - 1, (i + 1) * cell - 1], fill=inputs.colour
+                )
         return CheckerboardOutput(image=ctx.store_image(image, inputs.model_dump()))
 
 
 @hookimpl
-def register_nodes(register):
+def register_nodes(register: Callable[[type], None]) -> None:
     register(Checkerboard)
