@@ -139,8 +139,16 @@ class Engine:
         resolved = self.resolve(connection, model)
         device, dtype = self.placement(connection, req.precision)
         effective, notices = adapt(req, resolved.profile, device=device)
+        if isinstance(effective.prompt, list):
+            effective.num_images = len(effective.prompt)
         seed = effective.seed if effective.seed is not None else draw_seed()
         effective.seed = seed
+        if effective.seeds is None:
+            effective.seeds = [seed + i for i in range(effective.num_images)]
+        elif len(effective.seeds) != effective.num_images:
+            raise GenerationFailed(
+                f"{len(effective.seeds)} seeds given for {effective.num_images} images"
+            )
         timings: dict[str, float] = {}
 
         t0 = time.perf_counter()
@@ -163,7 +171,7 @@ class Engine:
         notices.extend(split_notices)
         return GenerationResult(
             images=images,
-            seeds=[seed + i for i in range(effective.num_images)],
+            seeds=list(effective.seeds),
             request=effective,
             model=resolved,
             notices=notices,
@@ -218,9 +226,10 @@ class Engine:
     ) -> list[Image.Image]:
         pipe = entry.pipeline(req.task)
         profile = entry.model.profile
+        assert req.seeds is not None
+        # CPU generators: the same seed gives the same latents on every device.
         generators = [
-            torch.Generator("cpu").manual_seed(int(req.seed) + start + i)  # type: ignore[arg-type]
-            for i in range(count)
+            torch.Generator("cpu").manual_seed(s) for s in req.seeds[start : start + count]
         ]
         total_steps = req.steps or profile.default_steps
         started = time.perf_counter()
@@ -243,17 +252,23 @@ class Engine:
             control.check()
             return kwargs
 
+        per_image = isinstance(req.prompt, list)
+        negative = req.negative_prompt
+        if per_image and isinstance(negative, list):
+            negative = negative[start : start + count]
+        elif per_image and negative is not None:
+            negative = [negative] * count
         kwargs: dict[str, Any] = {
-            "prompt": req.prompt,
+            "prompt": req.prompt[start : start + count] if per_image else req.prompt,
             "num_inference_steps": req.steps,
             "guidance_scale": req.guidance_scale,
-            "num_images_per_prompt": count,
+            "num_images_per_prompt": 1 if per_image else count,
             "generator": generators,
             "callback_on_step_end": on_step,
             "output_type": "pil",
         }
         if "negative_prompt" in profile.supports and req.negative_prompt is not None:
-            kwargs["negative_prompt"] = req.negative_prompt
+            kwargs["negative_prompt"] = negative
         if "prompt_2" in profile.supports and req.prompt_2 is not None:
             kwargs["prompt_2"] = req.prompt_2
         if req.task in (IMAGE_TO_IMAGE, INSTRUCT_EDIT):

@@ -18,8 +18,10 @@ class GenerationRequest:
     """
 
     task: str
-    prompt: str
-    negative_prompt: str | None = None
+    #: One prompt for ``num_images`` images, or one prompt per image (batched requests
+    #: of different prompts share one pipeline call).
+    prompt: str | list[str]
+    negative_prompt: str | list[str] | None = None
     prompt_2: str | None = None
     guidance_scale: float | None = None
     image_guidance_scale: float | None = None
@@ -28,6 +30,8 @@ class GenerationRequest:
     height: int | None = None
     num_images: int = 1
     seed: int | None = None
+    #: Explicit per-image seeds (batched requests); default is ``seed + i``.
+    seeds: list[int] | None = None
     image: Image.Image | None = None
     strength: float | None = None
     precision: str | None = None
@@ -53,6 +57,7 @@ class GenerationRequest:
             "height": self.height,
             "num_images": self.num_images,
             "seed": self.seed,
+            "seeds": self.seeds,
             "strength": self.strength,
             "precision": self.precision,
             "lora_path": self.lora_path,
