@@ -1,0 +1,235 @@
+"""The domain of the embedded default model: coloured shapes on plain backgrounds.
+
+The embedded model is a tiny text-to-image StableDiffusion pipeline trained on
+this module's synthetic images. Keeping the domain in one importable place means
+that training (``tools/train_embedded_model.py``), evaluation
+(``tools/eval_embedded_model.py``) and the test-suite all agree on the palette,
+the prompt wording, the held-out combinations and how an image is judged.
+
+Everything here is deterministic and pixel-based: ``judge`` does not use a
+classifier, so a test can assert what a generated image shows without any model
+beyond the one under test.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+# Saturated, mutually distant RGB values: the judge snaps a median colour to the
+# nearest entry, so the palette entries must be far apart (the closest pair,
+# red/orange, is still > 110 apart in RGB space).
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (230, 20, 20),
+    "green": (20, 180, 40),
+    "blue": (20, 50, 230),
+    "yellow": (250, 235, 20),
+    "white": (250, 250, 250),
+    "black": (10, 10, 10),
+    "orange": (255, 135, 0),
+    "purple": (140, 20, 180),
+}
+
+SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
+
+# Fill ratio (shape pixels / bounding-box area) of the ideal shapes are
+# circle pi/4 ~ 0.785, square 1.0, triangle 0.5; the judge's thresholds sit
+# roughly halfway between neighbours.
+_TRIANGLE_MAX_FILL = 0.64
+_CIRCLE_MAX_FILL = 0.90
+
+# Width of the border ring that ``render`` keeps free of the shape and that
+# ``judge`` reads the background from.
+_BORDER = 4
+_JUDGE_RING = 3
+_SUPERSAMPLE = 4
+
+
+def prompt_for(shape: str, colour: str, bg: str) -> str:
+    """Return the one prompt wording the model is trained on for this combination."""
+    return f"a {colour} {shape} on a {bg} background"
+
+
+def render(
+    shape: str,
+    colour: str,
+    bg: str,
+    rng: random.Random | np.random.Generator,
+    size: int = 64,
+) -> Image.Image:
+    """Render one anti-aliased training image.
+
+    The shape gets a random size (roughly 35-75 % of the image side) and a random
+    position, but always leaves a clean ``_BORDER``-pixel frame of background so
+    that ``judge`` can read the background colour from the border. Anti-aliasing
+    comes from drawing at ``_SUPERSAMPLE`` times the resolution and downsampling
+    with a box filter, so that edges look like a real (smooth) image.
+
+    ``rng`` may be a ``random.Random`` or a ``numpy.random.Generator``; only
+    uniform draws are used.
+    """
+    if shape not in SHAPES:
+        raise ValueError(f"unknown shape {shape!r}")
+    fg_rgb, bg_rgb = COLOURS[colour], COLOURS[bg]
+
+    def uniform(lo: float, hi: float) -> float:
+        return float(rng.uniform(lo, hi))
+
+    border = max(2, round(_BORDER * size / 64))
+    avail = size - 2 * border
+    extent = uniform(0.38, 0.78) * size
+    extent = min(extent, avail)
+    if shape == "triangle":
+        w = extent
+        h = extent * uniform(0.8, 1.0)
+    else:
+        w = h = extent
+    x0 = border + uniform(0.0, avail - w)
+    y0 = border + uniform(0.0, avail - h)
+
+    s = _SUPERSAMPLE
+    big = Image.new("RGB", (size * s, size * s), bg_rgb)
+    draw = ImageDraw.Draw(big)
+    box = (x0 * s, y0 * s, (x0 + w) * s - 1, (y0 + h) * s - 1)
+    if shape == "circle":
+        draw.ellipse(box, fill=fg_rgb)
+    elif shape == "square":
+        draw.rectangle(box, fill=fg_rgb)
+    else:
+        apex = ((x0 + w / 2) * s, y0 * s)
+        draw.polygon([apex, (box[0], box[3]), (box[2], box[3])], fill=fg_rgb)
+    return big.resize((size, size), Image.Resampling.BOX)
+
+
+def _snap(rgb: np.ndarray) -> str:
+    """Name of the palette colour nearest (Euclidean RGB) to ``rgb``."""
+    names = list(COLOURS)
+    pal = np.array([COLOURS[n] for n in names], dtype=np.float64)
+    d = ((pal - rgb[None, :].astype(np.float64)) ** 2).sum(axis=1)
+    return names[int(d.argmin())]
+
+
+def _largest_component(mask: np.ndarray) -> np.ndarray:
+    """Keep only the largest 4-connected component of a boolean mask.
+
+    Generated images can carry a few stray off-background pixels; they would
+    inflate the bounding box and so the fill ratio, so only the main blob counts.
+    """
+    h, w = mask.shape
+    labels = np.zeros((h, w), dtype=np.int32)
+    best_label, best_size, current = 0, 0, 0
+    for y, x in zip(*np.nonzero(mask), strict=True):
+        if labels[y, x]:
+            continue
+        current += 1
+        labels[y, x] = current
+        queue: deque[tuple[int, int]] = deque([(int(y), int(x))])
+        count = 0
+        while queue:
+            cy, cx = queue.popleft()
+            count += 1
+            for ny, nx in ((cy - 1, cx), (cy + 1, cx), (cy, cx - 1), (cy, cx + 1)):
+                if 0 <= ny < h and 0 <= nx < w and mask[ny, nx] and not labels[ny, nx]:
+                    labels[ny, nx] = current
+                    queue.append((ny, nx))
+        if count > best_size:
+            best_label, best_size = current, count
+    return labels == best_label if best_label else mask
+
+
+def judge(image: Image.Image | np.ndarray) -> dict[str, Any]:
+    """Judge background colour, shape colour and shape type from pixels alone.
+
+    * background: median of the outer ``_JUDGE_RING``-pixel ring, snapped to the
+      nearest palette colour (``render`` keeps that ring free of the shape);
+    * shape colour: median of the pixels that differ clearly from the border
+      colour, snapped to the palette;
+    * shape: the shape mask is every pixel closer to the shape colour than to the
+      border colour (i.e. at least half covered, which makes anti-aliased edges
+      count correctly), restricted to its largest connected blob; its fill ratio
+      inside its bounding box separates triangle (~0.5), circle (~0.785) and
+      square (~1.0).
+
+    Returns ``{"background": name, "colour": name, "shape": name}`` plus the
+    measured ``"fill"`` ratio (``None`` and ``"shape": None`` when there is no
+    shape at all).
+    """
+    if isinstance(image, Image.Image):
+        arr = np.asarray(image.convert("RGB"), dtype=np.float64)
+    else:
+        arr = np.asarray(image, dtype=np.float64)[..., :3]
+    r = _JUDGE_RING
+    ring = np.concatenate(
+        [
+            arr[:r].reshape(-1, 3),
+            arr[-r:].reshape(-1, 3),
+            arr[r:-r, :r].reshape(-1, 3),
+            arr[r:-r, -r:].reshape(-1, 3),
+        ]
+    )
+    border_rgb = np.median(ring, axis=0)
+    background = _snap(border_rgb)
+
+    dist = np.sqrt(((arr - border_rgb) ** 2).sum(axis=-1))
+    differing = dist > 60.0
+    if differing.sum() < 4:
+        return {"background": background, "colour": None, "shape": None, "fill": None}
+    colour_rgb = np.median(arr[differing], axis=0)
+    colour = _snap(colour_rgb)
+
+    # Project each pixel on the border->shape colour axis; >= 0.5 means the pixel
+    # is at least half shape.
+    axis = colour_rgb - border_rgb
+    denom = float((axis**2).sum())
+    if denom < 1e-6:
+        return {"background": background, "colour": colour, "shape": None, "fill": None}
+    t = ((arr - border_rgb) @ axis) / denom
+    mask = _largest_component(t >= 0.5)
+    ys, xs = np.nonzero(mask)
+    area = (ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1)
+    fill = float(mask.sum()) / float(area)
+    if fill < _TRIANGLE_MAX_FILL:
+        shape = "triangle"
+    elif fill < _CIRCLE_MAX_FILL:
+        shape = "circle"
+    else:
+        shape = "square"
+    return {"background": background, "colour": colour, "shape": shape, "fill": fill}
+
+
+def heldout_prompts() -> list[tuple[str, str, str]]:
+    """The 48 (shape, colour, bg) combinations that training never sees.
+
+    The model is evaluated on these to measure compositional generalisation, not
+    memorisation. For shape number ``i`` and colour number ``j`` the held-out
+    backgrounds are colours ``j + 2i + 1`` and ``j + 2i + 2`` (mod 8). So:
+
+    * every (colour, bg) pair is held out for at most one shape, and is seen in
+      training with the other shapes;
+    * every shape is trained with every colour on five backgrounds;
+    * every colour appears in training both as a shape colour and as a background.
+    """
+    names = list(COLOURS)
+    n = len(names)
+    out: list[tuple[str, str, str]] = []
+    for i, shape in enumerate(SHAPES):
+        for j, colour in enumerate(names):
+            for k in (1, 2):
+                out.append((shape, colour, names[(j + 2 * i + k) % n]))
+    return out
+
+
+def training_combos() -> list[tuple[str, str, str]]:
+    """All (shape, colour, bg) combinations with colour != bg minus the held-out ones."""
+    held = set(heldout_prompts())
+    return [
+        (s, c, b)
+        for s in SHAPES
+        for c in COLOURS
+        for b in COLOURS
+        if c != b and (s, c, b) not in held
+    ]

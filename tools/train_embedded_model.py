@@ -1,0 +1,736 @@
+"""Train the embedded default model from scratch on this CPU.
+
+The embedded model is a tiny text-to-image StableDiffusion pipeline for the
+synthetic domain in ``imagenodes.engine.shapes`` (coloured circles / squares /
+triangles on plain backgrounds). It is shipped as package data so the engine
+has a real diffusers model to run without network access.
+
+Stages (all deterministically seeded, ``torch.set_num_threads(2)``):
+
+1. render the training set (every non-held-out (shape, colour, bg) combination,
+   ``--variants`` random sizes/positions each);
+2. train an ``AutoencoderKL`` (64x64x3 <-> 16x16x4), compute the latent
+   ``scaling_factor`` = 1 / std of the latents and store it in the VAE config;
+3. cache the posterior (mean, std) of every training image;
+4. train a ``UNet2DConditionModel`` and a 2-layer ``CLIPTextModel`` jointly
+   (epsilon prediction, DDPM 1000-step scaled_linear schedule, min-SNR-5 loss
+   weighting, ~10 % empty prompts for classifier-free guidance, EMA weights);
+5. pick the sampler (DDIM / Euler / DPM-Solver++) that scores best on the
+   held-out prompts with *selection* seeds (the eval script uses other seeds);
+6. save a standard ``StableDiffusionPipeline`` folder (fp16 safetensors), with
+   the text-encoder keys rewritten to carry the ``text_model.`` prefix, and
+   verify it reloads through plain ``from_pretrained`` (txt2img and img2img).
+
+Usage::
+
+    .venv/bin/python tools/train_embedded_model.py            # full run (~60-70 min)
+    .venv/bin/python tools/train_embedded_model.py --smoke    # minutes, end to end
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import itertools
+import json
+import math
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+from imagenodes.engine import shapes  # noqa: E402
+
+DEFAULT_OUT = REPO / "src" / "imagenodes" / "engine" / "embedded_model"
+MAX_LEN = 32  # text encoder max_position_embeddings == tokenizer model_max_length
+T0 = time.time()
+
+
+def log(msg: str) -> None:
+    print(f"[{time.time() - T0:7.1f}s] {msg}", flush=True)
+
+
+def seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+# --------------------------------------------------------------------------- tokenizer
+
+
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2 / CLIP byte -> printable unicode mapping used by byte-level BPE."""
+    bs = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, [chr(c) for c in cs], strict=True))
+
+
+EXTRA_WORDS = [
+    "an",
+    "the",
+    "of",
+    "with",
+    "in",
+    "and",
+    "image",
+    "picture",
+    "photo",
+    "shape",
+    "colour",
+    "color",
+    "big",
+    "small",
+    "red",
+    "circle",
+]
+
+
+def domain_words() -> list[str]:
+    words = [*shapes.COLOURS, *shapes.SHAPES, "a", "on", "background", *EXTRA_WORDS]
+    return list(dict.fromkeys(words))
+
+
+def build_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """Byte-level CLIP BPE vocab where every domain word is exactly one token.
+
+    Base vocabulary: the 256 byte symbols with and without ``</w>`` (so any text
+    tokenizes). Merges are learnt by plain greedy BPE over the domain word list
+    (most frequent pair first, until each word is a single symbol); learning
+    them this way guarantees that applying them in rank order reproduces the
+    same segmentation, i.e. each word becomes one token.
+    """
+    b2u = bytes_to_unicode()
+    base = list(b2u.values())
+    vocab_list = base + [c + "</w>" for c in base]
+    words = []
+    for w in domain_words():
+        syms = [b2u[b] for b in w.encode("utf-8")]
+        syms[-1] = syms[-1] + "</w>"
+        words.append(syms)
+    merges: list[tuple[str, str]] = []
+    while any(len(w) > 1 for w in words):
+        counts: dict[tuple[str, str], int] = {}
+        for w in words:
+            for pair in itertools.pairwise(w):
+                counts[pair] = counts.get(pair, 0) + 1
+        best = max(counts.items(), key=lambda kv: (kv[1], kv[0]))[0]  # deterministic
+        merges.append(best)
+        joined = best[0] + best[1]
+        if joined not in vocab_list:
+            vocab_list.append(joined)
+        new_words = []
+        for w in words:
+            out, i = [], 0
+            while i < len(w):
+                if i + 1 < len(w) and (w[i], w[i + 1]) == best:
+                    out.append(joined)
+                    i += 2
+                else:
+                    out.append(w[i])
+                    i += 1
+            new_words.append(out)
+        words = new_words
+    vocab_list += ["<|startoftext|>", "<|endoftext|>"]
+    return {tok: i for i, tok in enumerate(vocab_list)}, merges
+
+
+def build_tokenizer(tmp_dir: Path):  # -> CLIPTokenizer
+    from transformers import CLIPTokenizer
+
+    vocab, merges = build_vocab_and_merges()
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    (tmp_dir / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False, indent=1))
+    merge_lines = ["#version: 0.2"] + [f"{a} {b}" for a, b in merges]
+    (tmp_dir / "merges.txt").write_text("\n".join(merge_lines) + "\n", encoding="utf-8")
+    tok = CLIPTokenizer(
+        vocab_file=str(tmp_dir / "vocab.json"),
+        merges_file=str(tmp_dir / "merges.txt"),
+        vocab=vocab,
+        merges=merges,
+        model_max_length=MAX_LEN,
+    )
+    check_tokenizer(tok, vocab)
+    return tok
+
+
+def check_tokenizer(tok, vocab: dict[str, int]) -> None:
+    prompt = "a red circle on a blue background"
+    ids = tok(prompt).input_ids
+    words = prompt.split()
+    expect = [vocab["<|startoftext|>"], *[vocab[w + "</w>"] for w in words], vocab["<|endoftext|>"]]
+    assert ids == expect, (ids, expect, tok.convert_ids_to_tokens(ids))
+    for w in domain_words():
+        assert len(tok(w, add_special_tokens=False).input_ids) == 1, w
+    # any text tokenizes (byte-level fallback), nothing maps to unk
+    weird = tok("Zebra-42 ünïcødé ☃", add_special_tokens=False).input_ids
+    assert len(weird) > 0
+    assert tok.model_max_length == MAX_LEN
+
+
+# --------------------------------------------------------------------------- models
+
+
+def make_vae():
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        block_out_channels=(16, 32, 64),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=64,
+    )
+
+
+def make_unet():
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        block_out_channels=(32, 64, 128),
+        layers_per_block=1,
+        cross_attention_dim=64,
+        attention_head_dim=8,
+        norm_num_groups=8,
+    )
+
+
+def make_text_encoder(tok):
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    cfg = CLIPTextConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=MAX_LEN,
+        projection_dim=64,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    return CLIPTextModel(cfg)
+
+
+def n_params(m: torch.nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters())
+
+
+def make_train_scheduler():
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        prediction_type="epsilon",
+        clip_sample=False,
+    )
+
+
+def make_sampler(name: str):
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
+
+    common = dict(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        prediction_type="epsilon",
+        steps_offset=1,
+    )
+    if name == "ddim":
+        return DDIMScheduler(**common, clip_sample=False, set_alpha_to_one=False)
+    if name == "euler":
+        return EulerDiscreteScheduler(**common, timestep_spacing="leading")
+    if name == "dpmpp":
+        return DPMSolverMultistepScheduler(**common, algorithm_type="dpmsolver++", solver_order=2)
+    raise ValueError(name)
+
+
+# --------------------------------------------------------------------------- data
+
+
+def render_dataset(variants: int, seed: int) -> tuple[torch.Tensor, np.ndarray, list]:
+    """uint8 images (N,3,64,64), combo index per image, and the combo list."""
+    combos = shapes.training_combos()
+    rng = np.random.default_rng(seed)
+    imgs = np.empty((len(combos) * variants, 64, 64, 3), dtype=np.uint8)
+    labels = np.empty(len(combos) * variants, dtype=np.int64)
+    k = 0
+    for _ in range(variants):
+        for ci, (s, c, b) in enumerate(combos):
+            imgs[k] = np.asarray(shapes.render(s, c, b, rng))
+            labels[k] = ci
+            k += 1
+    return torch.from_numpy(imgs).permute(0, 3, 1, 2).contiguous(), labels, combos
+
+
+def to_float(x: torch.Tensor) -> torch.Tensor:
+    return x.float() / 127.5 - 1.0
+
+
+def lr_at(step: int, total: int, base: float, warmup: int) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    p = (step - warmup) / max(1, total - warmup)
+    return base * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, p))))
+
+
+# --------------------------------------------------------------------------- stage 1: VAE
+
+
+def train_vae(args, images: torch.Tensor, ckpt: Path):
+    vae = make_vae()
+    path = ckpt / "vae.pt"
+    if args.resume and path.exists():
+        vae.load_state_dict(torch.load(path))
+        log(f"VAE: resumed from {path}")
+        return vae
+    log(f"VAE: {n_params(vae) / 1e6:.3f} M params, {args.vae_steps} steps, batch {args.vae_batch}")
+    opt = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
+    g = torch.Generator().manual_seed(args.seed + 1)
+    vae.train()
+    t_start = time.time()
+    for step in range(args.vae_steps):
+        for group in opt.param_groups:
+            group["lr"] = lr_at(
+                step, args.vae_steps, args.vae_lr, min(100, args.vae_steps // 10 + 1)
+            )
+        idx = torch.randint(0, len(images), (args.vae_batch,), generator=g)
+        x = to_float(images[idx])
+        post = vae.encode(x).latent_dist
+        z = post.mean + post.std * torch.randn(post.mean.shape, generator=g)
+        rec = vae.decode(z).sample
+        l1 = (rec - x).abs().mean()
+        mse = F.mse_loss(rec, x)
+        kl = post.kl().mean() / z[0].numel()
+        loss = l1 + mse + args.vae_kl * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        if step % 50 == 0 or step == args.vae_steps - 1:
+            el = time.time() - t_start
+            log(
+                f"VAE step {step}/{args.vae_steps} l1 {l1.item():.4f} mse {mse.item():.5f} "
+                f"kl {kl.item():.3f} ({el / (step + 1):.2f}s/step)"
+            )
+    log(f"VAE trained in {time.time() - t_start:.0f}s")
+    torch.save(vae.state_dict(), path)
+    return vae
+
+
+@torch.no_grad()
+def encode_all(vae, images: torch.Tensor, bs: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    vae.eval()
+    means, stds = [], []
+    for i in range(0, len(images), bs):
+        post = vae.encode(to_float(images[i : i + bs])).latent_dist
+        means.append(post.mean)
+        stds.append(post.std)
+    return torch.cat(means), torch.cat(stds)
+
+
+@torch.no_grad()
+def vae_judge_check(vae, scaling: float, n_per: int, seed: int) -> dict[str, float]:
+    """Judge accuracy of VAE reconstructions of held-out renders (upper bound for the model)."""
+    rng = np.random.default_rng(seed)
+    items = [(c, shapes.render(*c, rng)) for _ in range(n_per) for c in shapes.heldout_prompts()]
+    x = torch.stack([torch.from_numpy(np.asarray(im)).permute(2, 0, 1) for _, im in items])
+    z = vae.encode(to_float(x)).latent_dist.mean * scaling
+    rec = vae.decode(z / scaling).sample
+    rec = ((rec.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+    return score([c for c, _ in items], [shapes.judge(r) for r in rec])
+
+
+def score(combos: list, judged: list[dict]) -> dict[str, float]:
+    n = len(combos)
+    return {
+        "background": sum(j["background"] == c[2] for c, j in zip(combos, judged, strict=True)) / n,
+        "colour": sum(j["colour"] == c[1] for c, j in zip(combos, judged, strict=True)) / n,
+        "shape": sum(j["shape"] == c[0] for c, j in zip(combos, judged, strict=True)) / n,
+    }
+
+
+# --------------------------------------------------------------------------- stage 2: UNet + text
+
+
+def train_diffusion(args, tok, lat_mean, lat_std, labels, combos, scaling, ckpt: Path):
+    unet = make_unet()
+    te = make_text_encoder(tok)
+    log(f"UNet {n_params(unet) / 1e6:.3f} M params, text encoder {n_params(te) / 1e6:.3f} M params")
+    sched = make_train_scheduler()
+    alphas = sched.alphas_cumprod
+    snr = alphas / (1 - alphas)
+    msnr_w = torch.clamp(snr, max=args.snr_gamma) / snr  # epsilon-prediction min-SNR weights
+
+    prompts = [shapes.prompt_for(*c) for c in combos]
+    ids = tok(
+        prompts, padding="max_length", max_length=MAX_LEN, truncation=True, return_tensors="pt"
+    ).input_ids
+    empty = tok([""], padding="max_length", max_length=MAX_LEN, return_tensors="pt").input_ids
+    labels_t = torch.from_numpy(labels)
+
+    params = list(unet.parameters()) + list(te.parameters())
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-2, betas=(0.9, 0.99))
+    ema_unet, ema_te = copy.deepcopy(unet).eval(), copy.deepcopy(te).eval()
+    ema_params = list(ema_unet.parameters()) + list(ema_te.parameters())
+    for p in ema_params:
+        p.requires_grad_(False)
+    start = 0
+    path = ckpt / "diffusion.pt"
+    if args.resume and path.exists():
+        st = torch.load(path)
+        unet.load_state_dict(st["unet"])
+        te.load_state_dict(st["te"])
+        ema_unet.load_state_dict(st["ema_unet"])
+        ema_te.load_state_dict(st["ema_te"])
+        opt.load_state_dict(st["opt"])
+        start = st["step"]
+        torch.set_rng_state(st["rng"])
+        log(f"resumed diffusion training at step {start}")
+    g = torch.Generator().manual_seed(args.seed + 2 + start)
+    unet.train()
+    te.train()
+    t_start, last = time.time(), time.time()
+    for step in range(start, args.unet_steps):
+        lr = lr_at(step, args.unet_steps, args.lr, args.warmup)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        idx = torch.randint(0, len(lat_mean), (args.batch,), generator=g)
+        z0 = (
+            lat_mean[idx] + lat_std[idx] * torch.randn(lat_mean[idx].shape, generator=g)
+        ) * scaling
+        tok_ids = ids[labels_t[idx]].clone()
+        drop = torch.rand(args.batch, generator=g) < args.uncond_p
+        tok_ids[drop] = empty[0]
+        noise = torch.randn(z0.shape, generator=g)
+        t = torch.randint(0, 1000, (args.batch,), generator=g)
+        zt = sched.add_noise(z0, noise, t)
+        enc = te(tok_ids)[0]
+        pred = unet(zt, t, enc).sample
+        per = ((pred - noise) ** 2).mean(dim=(1, 2, 3))
+        loss = (per * msnr_w[t]).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gn = torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        decay = min(args.ema, (1 + step) / (10 + step))
+        with torch.no_grad():
+            torch._foreach_lerp_(ema_params, params, 1 - decay)
+        if step % 50 == 0 or step == args.unet_steps - 1:
+            el = time.time() - t_start
+            done = step + 1 - start
+            eta = el / done * (args.unet_steps - step - 1)
+            log(
+                f"diff step {step}/{args.unet_steps} loss {loss.item():.4f} gn {gn.item():.2f} "
+                f"lr {lr:.2e} ({(time.time() - last) / (50 if step else 1):.2f}s/step, "
+                f"eta {eta / 60:.1f} min)"
+            )
+            last = time.time()
+        if (step + 1) % args.ckpt_every == 0 and step + 1 < args.unet_steps:
+            save_ckpt(path, unet, te, ema_unet, ema_te, opt, step + 1)
+    log(f"diffusion trained in {time.time() - t_start:.0f}s ({args.unet_steps - start} steps)")
+    save_ckpt(path, unet, te, ema_unet, ema_te, opt, args.unet_steps)
+    return ema_unet, ema_te
+
+
+def save_ckpt(path: Path, unet, te, ema_unet, ema_te, opt, step: int) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(
+        {
+            "unet": unet.state_dict(),
+            "te": te.state_dict(),
+            "ema_unet": ema_unet.state_dict(),
+            "ema_te": ema_te.state_dict(),
+            "opt": opt.state_dict(),
+            "step": step,
+            "rng": torch.get_rng_state(),
+        },
+        tmp,
+    )
+    os.replace(tmp, path)
+    log(f"checkpoint saved at step {step}")
+
+
+# --------------------------------------------------------------------------- eval + save
+
+
+@torch.no_grad()
+def eval_pipe(pipe, seeds: list[int], steps: int = 20, guidance: float = 7.5) -> dict:
+    combos = shapes.heldout_prompts()
+    judged, t0 = [], time.time()
+    for c, seed in zip(combos, seeds, strict=True):
+        g = torch.Generator().manual_seed(seed)
+        img = pipe(
+            shapes.prompt_for(*c),
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            height=64,
+            width=64,
+            generator=g,
+        ).images[0]
+        judged.append(shapes.judge(img))
+    res = score(combos, judged)
+    res["sec_per_image"] = (time.time() - t0) / len(combos)
+    return res
+
+
+def fix_text_encoder_keys(te_dir: Path) -> None:
+    """Make the saved CLIPTextModel keys carry the ``text_model.`` prefix.
+
+    transformers 5 saves ``CLIPTextModel`` without the prefix; transformers 4
+    would then silently re-initialise the whole text encoder. transformers 5
+    loads both forms, so the prefixed one is the portable choice.
+    """
+    from safetensors.torch import load_file, save_file
+
+    for f in te_dir.glob("*.safetensors"):
+        sd = load_file(f)
+        new = {(k if k.startswith("text_model.") else "text_model." + k): v for k, v in sd.items()}
+        save_file(new, f, metadata={"format": "pt"})
+        log(f"text encoder keys: {sorted(sd)[:2]} -> {sorted(new)[:2]}")
+
+
+def verify_saved(out: Path, te_mem, tok) -> None:
+    from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    te2, info = CLIPTextModel.from_pretrained(
+        out / "text_encoder", output_loading_info=True, dtype=torch.float32
+    )
+    bad = {
+        k: v
+        for k, v in info.items()
+        if v and k in ("missing_keys", "unexpected_keys", "mismatched_keys")
+    }
+    assert not bad, f"text encoder reload problems: {bad}"
+    ids = tok(
+        ["a red circle on a blue background"],
+        padding="max_length",
+        max_length=MAX_LEN,
+        return_tensors="pt",
+    ).input_ids
+    a = te_mem.float()(ids)[0]
+    b = te2(ids)[0]
+    diff = (a - b).abs().max().item()
+    assert diff < 5e-2, f"reloaded text encoder differs by {diff}"
+    log(f"text encoder reload OK (no missing/unexpected keys, max |diff| {diff:.4f} vs fp32)")
+    tok2 = CLIPTokenizer.from_pretrained(out / "tokenizer")
+    vocab = json.loads((out / "tokenizer" / "vocab.json").read_text())
+    check_tokenizer(tok2, vocab)
+    log("tokenizer reload OK (one token per domain word)")
+
+    pipe = StableDiffusionPipeline.from_pretrained(out, torch_dtype=torch.float32)
+    img = pipe(
+        "a red circle on a blue background",
+        num_inference_steps=20,
+        height=64,
+        width=64,
+        generator=torch.Generator().manual_seed(0),
+    ).images[0]
+    log(f"txt2img reload OK: {type(pipe.scheduler).__name__}, judged {shapes.judge(img)}")
+    i2i = StableDiffusionImg2ImgPipeline.from_pretrained(out)
+    img2 = i2i(
+        "a green square on a white background",
+        image=img,
+        strength=0.8,
+        num_inference_steps=20,
+        generator=torch.Generator().manual_seed(0),
+    ).images[0]
+    log(f"img2img reload OK (default dtype): judged {shapes.judge(img2)}")
+
+
+def save_pipeline(out: Path, vae, unet, te, tok, scheduler_name: str) -> None:
+    from diffusers import StableDiffusionPipeline
+
+    out.mkdir(parents=True, exist_ok=True)
+    for sub in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
+        d = out / sub
+        if d.exists():
+            for f in d.iterdir():
+                f.unlink()
+    pipe = StableDiffusionPipeline(
+        vae=copy.deepcopy(vae).half(),
+        text_encoder=copy.deepcopy(te).float(),  # tiny; fp16 here breaks img2img default dtype
+        tokenizer=tok,
+        unet=copy.deepcopy(unet).half(),
+        scheduler=make_sampler(scheduler_name),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(out, safe_serialization=True)
+    # the tokenizer files the slow/fast CLIP tokenizers of any version read
+    tdir = out / "tokenizer"
+    vocab, merges = build_vocab_and_merges()
+    (tdir / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False, indent=1))
+    merge_lines = ["#version: 0.2"] + [f"{a} {b}" for a, b in merges]
+    (tdir / "merges.txt").write_text("\n".join(merge_lines) + "\n", encoding="utf-8")
+    fix_text_encoder_keys(out / "text_encoder")
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    log(f"saved pipeline to {out} ({size / 1e6:.2f} MB)")
+    for f in sorted(out.rglob("*")):
+        if f.is_file():
+            log(f"  {f.relative_to(out)}  {f.stat().st_size / 1e3:.1f} kB")
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    ap.add_argument("--ckpt-dir", type=Path, default=Path("/tmp/embedded_model_ckpt"))
+    ap.add_argument("--resume", action="store_true", help="reuse VAE / diffusion checkpoints")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--variants", type=int, default=128, help="renders per training combo")
+    ap.add_argument("--vae-steps", type=int, default=600)
+    ap.add_argument("--vae-batch", type=int, default=32)
+    ap.add_argument("--vae-lr", type=float, default=2e-3)
+    ap.add_argument("--vae-kl", type=float, default=1e-5)
+    ap.add_argument("--unet-steps", type=int, default=3000)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--warmup", type=int, default=200)
+    ap.add_argument("--ema", type=float, default=0.999)
+    ap.add_argument("--snr-gamma", type=float, default=5.0)
+    ap.add_argument("--uncond-p", type=float, default=0.1)
+    ap.add_argument("--ckpt-every", type=int, default=250)
+    ap.add_argument("--scheduler", choices=["auto", "ddim", "euler", "dpmpp"], default="auto")
+    ap.add_argument("--smoke", action="store_true", help="tiny step counts, end-to-end check")
+    args = ap.parse_args()
+    if args.smoke:
+        args.variants, args.vae_steps, args.unet_steps = 4, 20, 20
+        args.warmup, args.ckpt_every = 5, 10
+        if args.out == DEFAULT_OUT:
+            args.out = Path("/tmp/embedded_model_smoke")
+        args.ckpt_dir = Path(str(args.ckpt_dir) + "_smoke")
+    torch.set_num_threads(2)
+    seed_all(args.seed)
+    args.ckpt_dir.mkdir(parents=True, exist_ok=True)
+    log(f"args: {vars(args)}")
+
+    tok = build_tokenizer(args.ckpt_dir / "tokenizer_src")
+    log(f"tokenizer: {len(tok)} tokens, {len(build_vocab_and_merges()[1])} merges")
+
+    images, labels, combos = render_dataset(args.variants, args.seed)
+    log(f"rendered {len(images)} training images ({len(combos)} combos x {args.variants})")
+
+    t_vae = time.time()
+    vae = train_vae(args, images, args.ckpt_dir)
+    lat_mean, lat_std = encode_all(vae, images)
+    scaling = float(1.0 / lat_mean.std())
+    log(
+        f"latents {tuple(lat_mean.shape)} mean {lat_mean.mean():.3f} std {lat_mean.std():.3f} "
+        f"posterior std {lat_std.mean():.4f} -> scaling_factor {scaling:.5f}"
+    )
+    vae.register_to_config(scaling_factor=scaling)
+    log(f"VAE reconstruction judge (held-out renders): {vae_judge_check(vae, scaling, 2, 123)}")
+    t_vae = time.time() - t_vae
+
+    t_diff = time.time()
+    unet, te = train_diffusion(args, tok, lat_mean, lat_std, labels, combos, scaling, args.ckpt_dir)
+    t_diff = time.time() - t_diff
+    del images, lat_mean, lat_std
+
+    from diffusers import StableDiffusionPipeline
+
+    vae.eval()
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=te,
+        tokenizer=tok,
+        unet=unet,
+        scheduler=make_sampler("ddim"),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    # Selection seeds differ from the eval script's seeds (0..47).
+    sel_seeds = [1000 + i for i in range(len(shapes.heldout_prompts()))]
+    if args.smoke:
+        sel_seeds_n = 4
+    results = {}
+    names = ["ddim", "euler", "dpmpp"] if args.scheduler == "auto" else [args.scheduler]
+    for name in names:
+        pipe.scheduler = make_sampler(name)
+        if args.smoke:
+            combos_h = shapes.heldout_prompts()[:sel_seeds_n]
+            t0 = time.time()
+            imgs = [
+                pipe(
+                    shapes.prompt_for(*c),
+                    num_inference_steps=20,
+                    height=64,
+                    width=64,
+                    generator=torch.Generator().manual_seed(s),
+                ).images[0]
+                for c, s in zip(combos_h, sel_seeds, strict=False)
+            ]
+            res = score(combos_h, [shapes.judge(i) for i in imgs])
+            res["sec_per_image"] = (time.time() - t0) / sel_seeds_n
+        else:
+            res = eval_pipe(pipe, sel_seeds)
+        results[name] = res
+        log(f"selection eval {name}: {res}")
+    best = max(
+        names,
+        key=lambda n: (
+            sum(results[n][k] for k in ("background", "colour", "shape")),
+            -results[n]["sec_per_image"],
+        ),
+    )
+    log(f"scheduler chosen: {best}")
+
+    save_pipeline(args.out, vae, unet, te, tok, best)
+    verify_saved(args.out, te, tok)
+    summary = {
+        "vae_seconds": round(t_vae),
+        "diffusion_seconds": round(t_diff),
+        "total_seconds": round(time.time() - T0),
+        "scaling_factor": scaling,
+        "params": {"unet": n_params(unet), "vae": n_params(vae), "text_encoder": n_params(te)},
+        "selection_eval": results,
+        "scheduler": best,
+        "args": {k: str(v) for k, v in vars(args).items()},
+    }
+    (args.ckpt_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    log("SUMMARY " + json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
