@@ -29,6 +29,12 @@ DEFAULT_BUDGET = 8 * 1024**3
 
 Key = tuple[str, str, str]
 
+#: Process-wide lock around weight loading.  diffusers/accelerate load through
+#: ``init_empty_weights``, which patches ``torch.nn.Module`` globally: two loads in
+#: two threads (two hosts, or a cancelled run's load still finishing) corrupt each
+#: other with meta tensors.  Loads are rare; serialising them costs nothing warm.
+LOAD_LOCK = threading.RLock()
+
 
 def budget_from_env() -> int:
     raw = os.environ.get(CACHE_BYTES_ENV)
@@ -133,9 +139,12 @@ class PipelineCache:
                 if key in self._errors:
                     raise self._errors[key]
         try:
+            if wait is not None:
+                wait()  # a run cancelled before its load starts never loads
             if on_load is not None:
                 on_load()
-            entry = self._load(key, model, dtype, device)
+            with LOAD_LOCK:
+                entry = self._load(key, model, dtype, device)
         except BaseException as exc:
             with self._lock:
                 self._errors[key] = exc

@@ -20,7 +20,7 @@ from PIL import Image
 
 from imagenodes.connections.local import LocalDiffusersConnection
 from imagenodes.engine import notices as nc
-from imagenodes.engine.cache import CacheEntry, PipelineCache
+from imagenodes.engine.cache import LOAD_LOCK, CacheEntry, PipelineCache
 from imagenodes.engine.device import PRECISION_ALIASES, pick_device, pick_dtype
 from imagenodes.engine.notices import Notice
 from imagenodes.engine.profiles import IMAGE_TO_IMAGE, INSTRUCT_EDIT, ModelProfile
@@ -302,7 +302,8 @@ class Engine:
         if not req.lora_path:
             return False
         try:
-            pipe.load_lora_weights(req.lora_path, adapter_name="imagenodes_training")
+            with LOAD_LOCK:
+                pipe.load_lora_weights(req.lora_path, adapter_name="imagenodes_training")
             pipe.set_adapters(["imagenodes_training"], adapter_weights=[req.lora_scale])
         except Exception as exc:
             raise GenerationFailed(

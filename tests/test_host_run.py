@@ -1,0 +1,171 @@
+"""Host.run end to end on a real (tiny) diffusers pipeline: files, metadata, events,
+reproducibility, concurrency, cancellation and timeouts."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+
+import numpy as np
+import pytest
+
+from imagenodes import Cancelled, GenerationTimeout, Host
+from imagenodes.workspace.png import read_png_metadata
+from tests.helpers import load_ref, pixels, workspace_files
+
+BASE = {"prompt": "a red circle on a blue background", "negative_prompt": "", "steps": 3,
+        "aspect_ratio": "1:1"}
+
+
+def test_run_stores_pngs_with_metadata_and_run_json(tiny_host: Host) -> None:
+    events = []
+    result = tiny_host.run("generate_image_v2", {**BASE, "batch_size": 2, "seed": 7},
+                           on_event=events.append)
+    images = result.outputs["images"]
+    assert len(images) == 2 and all(ref.startswith("file://") for ref in images)
+    assert result.seeds == [7, 8]
+    assert all(f"runs/{result.run_id}/image-" in ref for ref in images)
+    assert load_ref(tiny_host, images[0]).size == (64, 64)
+    meta = read_png_metadata(tiny_host.workspace.read_bytes(images[1]))
+    assert meta["prompt"] == BASE["prompt"] and meta["seed"] == "8"
+    assert meta["steps"] == "3" and float(meta["guidance_scale"]) == 8.0
+    assert meta["node"] == "generate_image_v2" and meta["node_version"] == "2.0.0"
+    assert "tiny-sd" in meta["model"] and meta["negative_prompt"] == ""
+    record = json.loads(tiny_host.workspace.read_bytes(result.run_json))
+    assert record["inputs"]["prompt"] == BASE["prompt"]
+    assert record["seeds"] == [7, 8] and record["effective"][0]["width"] == 64
+    assert set(record["timings"]) >= {"load_ms", "generate_ms", "encode_ms"}
+    types = [e.type for e in events]
+    assert types[0] == "run_started" and types[-1] == "run_finished"
+    assert types.index("model_loading") < types.index("model_loaded") < types.index("step")
+    steps = [e.data for e in events if e.type == "step"]
+    assert [s["step"] for s in steps] == [1, 2, 3] and steps[-1]["total"] == 3
+    assert all({"elapsed_s", "eta_s", "batch_index"} <= s.keys() for s in steps)
+    assert types.count("image_stored") == 2
+
+
+def test_same_seed_is_pixel_identical_and_batch_images_reproduce_alone(tiny_host: Host) -> None:
+    a = tiny_host.run("generate_image_v2", {**BASE, "batch_size": 3, "seed": 42})
+    b = tiny_host.run("generate_image_v2", {**BASE, "batch_size": 3, "seed": 42})
+    for ra, rb in zip(a.outputs["images"], b.outputs["images"], strict=True):
+        assert np.array_equal(pixels(tiny_host, ra), pixels(tiny_host, rb))
+    alone = tiny_host.run("generate_image_v2", {**BASE, "batch_size": 1, "seed": 44})
+    # Image 2 of the batch used seed 42+2: alone it is the same image (batched matmuls
+    # may differ in the last bit, so allow a sub-level tolerance).
+    diff = np.abs(pixels(tiny_host, alone.outputs["images"][0]) -
+                  pixels(tiny_host, a.outputs["images"][2]))
+    assert diff.mean() < 1.0
+    other = tiny_host.run("generate_image_v2", {**BASE, "seed": 43})
+    assert not np.array_equal(pixels(tiny_host, other.outputs["images"][0]),
+                              pixels(tiny_host, a.outputs["images"][0]))
+
+
+def test_null_seed_draws_and_reports_a_32_bit_seed(tiny_host: Host) -> None:
+    result = tiny_host.run("generate_image_v2", {**BASE, "seed": None})
+    assert len(result.seeds) == 1 and 0 <= result.seeds[0] < 2**32
+
+
+def test_default_aspect_is_capped_with_a_notice(tiny_host: Host) -> None:
+    inputs = {k: v for k, v in BASE.items() if k != "aspect_ratio"}
+    result = tiny_host.run("generate_image_v2", {**inputs, "seed": 1, "steps": 2})
+    notice = next(n for n in result.notices if n["code"] == "SIZE_CAPPED")
+    assert notice["requested"] == "576x1024" and notice["applied"] == "72x128"
+    assert load_ref(tiny_host, result.outputs["images"][0]).size == (72, 128)
+
+
+def test_concurrent_runs_do_not_interfere(tiny_host: Host) -> None:
+    seeds = [100, 101, 102]
+    sequential = {s: pixels(tiny_host, tiny_host.run(
+        "generate_image_v2", {**BASE, "seed": s}).outputs["images"][0]) for s in seeds}
+    results: dict[int, np.ndarray] = {}
+    errors: list[BaseException] = []
+
+    def work(seed: int) -> None:
+        try:
+            r = tiny_host.run("generate_image_v2", {**BASE, "seed": seed})
+            results[seed] = pixels(tiny_host, r.outputs["images"][0])
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(s,)) for s in seeds]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for s in seeds:
+        assert np.array_equal(results[s], sequential[s])
+
+
+def test_arun_is_the_async_twin(tiny_host: Host) -> None:
+    async def main() -> list:
+        return await asyncio.gather(
+            tiny_host.arun("generate_image_v2", {**BASE, "seed": 5}),
+            tiny_host.arun("generate_image_v2", {**BASE, "seed": 6}),
+        )
+
+    a, b = asyncio.run(main())
+    assert a.seeds == [5] and b.seeds == [6] and a.run_id != b.run_id
+
+
+def test_cancel_at_a_step_stores_nothing(tiny_host: Host) -> None:
+    def on_event(event) -> None:
+        if event.type == "step" and event.data["step"] == 2:
+            assert tiny_host.cancel(event.run_id)
+
+    with pytest.raises(Cancelled) as info:
+        tiny_host.run("generate_image_v2", {**BASE, "steps": 30, "batch_size": 2},
+                      on_event=on_event)
+    assert info.value.code == "CANCELLED"
+    assert workspace_files(tiny_host) == []
+
+
+def test_cancel_while_the_model_loads_returns_at_once(tiny_host: Host) -> None:
+    events = []
+
+    def on_event(event) -> None:
+        events.append(event.type)
+        if event.type == "model_loading":
+            tiny_host.cancel(event.run_id)
+
+    tiny_host.engine.clear()
+    with pytest.raises(Cancelled):
+        tiny_host.run("generate_image_v2", {**BASE, "seed": 1}, on_event=on_event)
+    assert "step" not in events and "run_cancelled" in events
+    assert workspace_files(tiny_host) == []
+
+
+def test_timeout_is_generation_timeout_and_stores_nothing(tiny_host: Host) -> None:
+    import time
+
+    def slow_consumer(event) -> None:
+        if event.type == "step":
+            time.sleep(0.2)
+
+    with pytest.raises(GenerationTimeout) as info:
+        tiny_host.run("generate_image_v2", {**BASE, "steps": 40}, on_event=slow_consumer,
+                      timeout=1.0)
+    assert info.value.code == "GENERATION_TIMEOUT" and "1 s" in info.value.message
+    assert workspace_files(tiny_host) == []
+
+
+def test_out_of_memory_retries_the_batch_in_halves(tiny_host: Host, monkeypatch) -> None:
+    import torch
+
+    tiny_host.run("generate_image_v2", {**BASE, "seed": 1, "steps": 1})  # load it
+    entry = next(iter(tiny_host.engine.cache._entries.values()))
+    unet = entry.base.unet
+    real_forward = unet.forward
+
+    def forward(sample, *args, **kwargs):
+        if sample.shape[0] > 4:  # CFG doubles the batch: more than 2 images "do not fit"
+            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+        return real_forward(sample, *args, **kwargs)
+
+    monkeypatch.setattr(unet, "forward", forward)
+    result = tiny_host.run("generate_image_v2", {**BASE, "seed": 3, "batch_size": 4})
+    assert len(result.outputs["images"]) == 4 and result.seeds == [3, 4, 5, 6]
+    splits = [n for n in result.notices if n["code"] == "BATCH_SPLIT"]
+    assert splits and splits[0]["requested"] == 4 and splits[0]["applied"] == 2
+    assert result.pipeline_calls == 3
