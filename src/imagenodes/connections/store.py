@@ -78,10 +78,14 @@ class ConnectionStore:
         try:
             data = tomllib.loads(Path(path).read_text())
         except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise ConnectionError(f"cannot read connections file {str(path)!r}: {exc}") from exc
+            raise ConnectionError(
+                f"cannot read connections file {str(path)!r}: {exc}", field="connections_file"
+            ) from exc
         for name, body in (data.get("connections") or {}).items():
             if not isinstance(body, dict):
-                raise ConnectionError(f"connection {name!r} in {path} must be a table")
+                raise ConnectionError(
+                    f"connection {name!r} in {path} must be a table", field="connection"
+                )
             self._set_raw(name, dict(body))
 
     def _load_env(self, env: Mapping[str, str]) -> None:
@@ -155,6 +159,9 @@ class ConnectionStore:
                     field="connection",
                 )
             return conn
+        if DEFAULT_NAME in self._raw and self._category_of(DEFAULT_NAME) is None:
+            # A default of an unknown type: report that, not "no connection configured".
+            self.get(DEFAULT_NAME)
         candidates = [n for n in self.names() if self._category_of(n) == category]
         if DEFAULT_NAME in candidates:
             return self.get(DEFAULT_NAME)

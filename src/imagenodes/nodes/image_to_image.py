@@ -120,6 +120,15 @@ class ImageToImage(Node):
         **SEED_FIELD_CODES,
         "source_image": "SOURCE_IMAGE_ERROR",
     }
+    # Seed 001's error table words these four differently from seed 000's.
+    solutions: ClassVar[dict[str, str]] = {
+        "CONNECTION_ERROR": "Verify your PixelML connection credentials and ensure the API "
+        "key is valid",
+        "EMPTY_PROMPT": "Provide a descriptive prompt that defines the desired output style "
+        "and elements",
+        "INVALID_GUIDANCE_SCALE": "Keep guidance_scale and image_guidance_scale between 0.1 and 15",
+        "INVALID_STEPS": "Set steps between 1 and 50 (20-30 is typically sufficient)",
+    }
 
     def run(self, inputs: ImageToImageNodeInput, ctx: RunContext) -> ImageToImageNodeOutput:
         source = ctx.load_image(inputs.source_image, field="source_image")

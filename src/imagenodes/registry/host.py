@@ -164,7 +164,8 @@ class Host:
         try:
             return cls.Input.model_validate(dict(inputs))
         except ValidationError as exc:
-            raise to_error(exc, cls.Input, cls.field_codes, schema=cls.input_schema(self)) from None
+            err = to_error(exc, cls.Input, cls.field_codes, schema=cls.input_schema(self))
+            raise cls.localise_error(err) from None
 
     # -- running --------------------------------------------------------------------
     def cancel(self, run_id: str, reason: str = "cancelled") -> bool:
@@ -194,7 +195,10 @@ class Host:
         """
         cls = self.node(node_id)
         validated = self.validate(node_id, inputs)
-        chosen = self._connections_for(cls, connections or {})
+        try:
+            chosen = self._connections_for(cls, connections or {})
+        except ImageNodesError as exc:
+            raise cls.localise_error(exc) from None
         run_id = run_id or uuid.uuid4().hex
         token = token or CancelToken()
         timeout = timeout if timeout is not None else cls.timeout
@@ -251,12 +255,15 @@ class Host:
             result.timings["store_ms"] = round(store_ms, 2)
         except ImageNodesError as exc:
             staging.discard()
+            cls.localise_error(exc)
             kind = ev.RUN_CANCELLED if isinstance(exc, Cancelled) else ev.RUN_FAILED
             ctx.emit(kind, error=exc.to_dict())
             raise
         except BaseException as exc:
             staging.discard()
-            err = GenerationFailed(f"{cls.id} failed: {type(exc).__name__}: {exc}")
+            err = cls.localise_error(
+                GenerationFailed(f"{cls.id} failed: {type(exc).__name__}: {exc}")
+            )
             ctx.emit(ev.RUN_FAILED, error=err.to_dict())
             raise err from exc
         finally:

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
+from imagenodes.registry.errors import SOLUTIONS, ImageNodesError
+
 if TYPE_CHECKING:
     from imagenodes.registry.context import RunContext
 
@@ -78,11 +80,24 @@ class Node:
     Output: ClassVar[type[BaseModel]]
     connections: ClassVar[tuple[ConnectionRequirement, ...]] = ()
     field_codes: ClassVar[dict[str, str]] = {}
+    #: Solution texts for codes whose seed words them differently from the shared
+    #: table in ``errors.SOLUTIONS`` (seed 001 does for four codes); the host applies
+    #: them to every error a run of this node raises.
+    solutions: ClassVar[dict[str, str]] = {}
     #: Default per-run timeout in seconds (None = no limit unless the caller sets one).
     timeout: ClassVar[float | None] = None
 
     def run(self, inputs: Any, ctx: RunContext) -> BaseModel | dict[str, Any]:
         raise NotImplementedError
+
+    @classmethod
+    def localise_error(cls, exc: ImageNodesError) -> ImageNodesError:
+        """Give ``exc`` this node's solution text for its code, unless it carries a
+        custom one; returns ``exc`` (mutated in place so tracebacks are kept)."""
+        text = cls.solutions.get(exc.code)
+        if text is not None and exc.solution == SOLUTIONS.get(exc.code, ""):
+            exc.solution = text
+        return exc
 
     # -- schema ---------------------------------------------------------------------
     @classmethod

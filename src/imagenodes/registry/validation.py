@@ -18,8 +18,16 @@ from imagenodes.registry.errors import ImageNodesError, InputError
 _SHAPE_ERRORS = {"missing", "extra_forbidden", "model_type", "dict_type", "list_type"}
 
 
+#: JSON Schema keywords that state an allowed range or set.
+_RANGE_KEYS = ("exclusiveMinimum", "minimum", "exclusiveMaximum", "maximum", "minLength", "enum")
+
+
 def describe_range(prop: dict[str, Any]) -> str:
     """'> 0 and ≤ 15', 'one of: a, b', … from a JSON Schema property."""
+    # An optional field (``int | None`` with bounds) keeps its bounds inside anyOf;
+    # without lifting them the message would say "integer/null" and omit the range.
+    lifted = {key: alt[key] for alt in prop.get("anyOf", []) for key in _RANGE_KEYS if key in alt}
+    prop = {**lifted, **prop}
     parts = []
     if "exclusiveMinimum" in prop:
         parts.append(f"> {prop['exclusiveMinimum']}")
@@ -84,7 +92,11 @@ def to_error(
     if etype == "extra_forbidden":
         allowed = ", ".join(schema.get("properties", {}))
         return InputError(f"unknown field {field!r}; allowed fields: {allowed}", field=field)
-    if code == "EMPTY_PROMPT" and (etype in ("missing", "string_type") or got in (None, "")):
+    # Missing, null, empty or whitespace-only is EMPTY_PROMPT as the seeds say; a prompt
+    # of the wrong type (a number, a list) is a shape error and stays INVALID_INPUT.
+    if code == "EMPTY_PROMPT" and (
+        etype == "missing" or got is None or (isinstance(got, str) and not got.strip())
+    ):
         return ImageNodesError(
             f"{field} is empty; a non-empty text prompt is required",
             code="EMPTY_PROMPT",
@@ -100,6 +112,11 @@ def to_error(
         if allowed
         else (f"{field}: {err['msg']} (got {shown})")
     )
+    if etype == "value_error":
+        # A custom validator's own text states the rule the schema cannot express
+        # (e.g. width ≥ 0); "must be integer (got -1)" would name the wrong rule.
+        reason = str(err["msg"]).removeprefix("Value error, ")
+        message = f"{field} {reason}" if reason.startswith("must") else f"{field}: {reason}"
     if (
         code
         and etype not in _SHAPE_ERRORS
