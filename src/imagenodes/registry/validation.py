@@ -15,7 +15,14 @@ from pydantic import BaseModel, ValidationError
 from imagenodes.registry.errors import ImageNodesError, InputError
 
 #: pydantic error types that mean "wrong shape", which stay INVALID_INPUT.
-_SHAPE_ERRORS = {"missing", "extra_forbidden", "model_type", "dict_type", "list_type"}
+_SHAPE_ERRORS = {
+    "missing",
+    "extra_forbidden",
+    "model_type",
+    "dict_type",
+    "list_type",
+    "int_from_float",  # 2.5 for an integer field is a wrong type, not out of range
+}
 
 
 #: JSON Schema keywords that state an allowed range or set.
