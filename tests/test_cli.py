@@ -1,0 +1,290 @@
+"""The ``imagenodes`` command as a user runs it: a real subprocess, real exit codes,
+result JSON on stdout, errors as JSON on stderr, a progress bar while denoising."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from imagenodes import Host
+
+BUILTINS = ("generate_image_v2", "image_to_image", "image_generation")
+TOKEN = "hf_CliSecret_9876543210zyx"
+
+
+def files_in(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
+
+
+def clean_env(config_home: Path) -> dict[str, str]:
+    """The caller's environment minus any imagenodes configuration."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGENODES_")}
+    env.update(HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", XDG_CONFIG_HOME=str(config_home))
+    return env
+
+
+@pytest.fixture
+def cli(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """Run ``python -m imagenodes.cli ARGS`` in a scratch folder."""
+
+    def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            [sys.executable, "-m", "imagenodes.cli", *args],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            env=clean_env(tmp_path / "config"),
+            timeout=600,
+        )
+        assert "Traceback" not in proc.stderr, proc.stderr
+        return proc
+
+    return run
+
+
+@pytest.fixture
+def ws(tmp_path: Path) -> Path:
+    return tmp_path / "ws"
+
+
+def result_of(proc: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def error_of(proc: subprocess.CompletedProcess[str], exit_code: int) -> dict[str, Any]:
+    """The JSON error on the last line of stderr; stdout stays empty."""
+    assert proc.returncode == exit_code, (proc.returncode, proc.stdout, proc.stderr)
+    assert proc.stdout == ""
+    err = json.loads(proc.stderr.strip().splitlines()[-1])["error"]
+    assert set(err) >= {"code", "field", "message", "solution"}
+    return err
+
+
+def ref_path(ref: str, ws: Path) -> Path:
+    assert ref.startswith("file://"), ref
+    path = Path(ref.removeprefix("file://"))
+    assert path.is_relative_to(ws.resolve()) or path.is_relative_to(ws), (path, ws)
+    return path
+
+
+def png_data_uri(size: int = 64) -> str:
+    buf = io.BytesIO()
+    Image.new("RGB", (size, size), (30, 30, 200)).save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def connections_toml(path: Path, **fields: Any) -> Path:
+    body = "\n".join(f"{k} = {json.dumps(v)}" for k, v in fields.items())
+    path.write_text(f"[connections.default]\n{body}\n")
+    return path
+
+
+# -- catalog commands ------------------------------------------------------------------
+def test_nodes_lists_builtins_and_the_example_pack(cli, ws: Path) -> None:
+    proc = cli("--workspace", str(ws), "nodes")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert lines[0].split()[:4] == ["ID", "VERSION", "CATEGORY", "AVAILABLE"]
+    rows = {line.split()[0]: line.split() for line in lines[1:] if line.strip()}
+    for node in (*BUILTINS, "checkerboard"):
+        assert node in rows, proc.stdout
+        assert rows[node][3] == "yes"
+    assert rows["generate_image_v2"][1] == "2.0.0"
+    assert "Generate Image V2" in proc.stdout and "Checkerboard" in proc.stdout
+
+
+def test_schema_prints_the_catalog_entry(
+    cli, ws: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    proc = cli("--workspace", str(ws), "schema", "generate_image_v2")
+    assert proc.returncode == 0, proc.stderr
+    for key in list(os.environ):
+        if key.startswith("IMAGENODES_"):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    entry = next(e for e in Host(ws).catalog() if e["id"] == "generate_image_v2")
+    assert json.loads(proc.stdout) == entry
+    assert files_in(ws) == []
+
+    err = error_of(cli("--workspace", str(ws), "schema", "generate_image_v3"), 2)
+    assert err["code"] == "UNKNOWN_NODE" and err["field"] == "node"
+
+
+# -- running ---------------------------------------------------------------------------
+@pytest.mark.parametrize("how", ["json", "file", "stdin", "set", "json+set"])
+def test_run_checkerboard_inputs(cli, ws: Path, tmp_path: Path, how: str) -> None:
+    inputs = {"size": 32, "squares": 4, "colour": "red"}
+    args = ["--workspace", str(ws), "run", "checkerboard"]
+    stdin = None
+    if how == "json":
+        args += ["--input", json.dumps(inputs)]
+    elif how == "file":
+        path = tmp_path / "inputs.json"
+        path.write_text(json.dumps(inputs))
+        args += ["--input", f"@{path}"]
+    elif how == "stdin":
+        args += ["--input", "-"]
+        stdin = json.dumps(inputs)
+    elif how == "set":
+        args += ["--set", "size=32", "--set", "squares=4", "--set", "colour=red"]
+    else:  # --set overrides what --input gave
+        args += ["--input", json.dumps({**inputs, "size": 128}), "--set", "size=32"]
+    result = result_of(cli(*args, stdin=stdin))
+    assert result["node"] == "checkerboard"
+    image = ref_path(result["outputs"]["image"], ws)
+    with Image.open(image) as im:
+        assert im.size == (32, 32)
+        assert im.convert("RGB").getpixel((0, 0)) == (255, 0, 0)  # red, parsed as a string
+    assert ref_path(result["run_json"], ws).is_file()
+    assert json.loads(ref_path(result["run_json"], ws).read_text())["inputs"]["size"] == 32
+    assert {p.name for p in files_in(ws)} == {"image-0.png", "run.json"}
+
+
+def test_run_real_generation_shows_a_progress_bar(
+    cli, ws: Path, tmp_path: Path, tiny_sd: Path
+) -> None:
+    """image_to_image on a tiny real SD model configured through --connections."""
+    conns = connections_toml(tmp_path / "conn.toml", model=str(tiny_sd), device="cpu")
+    proc = cli(
+        "--workspace",
+        str(ws),
+        "--connections",
+        str(conns),
+        "run",
+        "image_to_image",
+        "--input",
+        json.dumps({"prompt": "a red circle", "negative_prompt": "blurry"}),
+        "--set",
+        f"source_image={png_data_uri()}",
+        "--set",
+        "width=64",
+        "--set",
+        "height=64",
+        "--set",
+        "steps=2",
+        "--set",
+        "strength=1.0",  # all 2 steps run (img2img skips the first 1 - strength of them)
+        "--set",
+        "seed=5",
+    )
+    result = result_of(proc)
+    assert "2/2" in proc.stderr, proc.stderr
+    assert "1/2" in proc.stderr  # it advanced step by step
+    assert result["seeds"] == [5] and result["pipeline_calls"] == 1
+    (ref,) = result["outputs"]["images"]
+    with Image.open(ref_path(ref, ws)) as im:
+        assert im.size == (64, 64)
+    assert len(files_in(ws)) == 2
+
+
+def test_connections_command_masks_secrets(cli, ws: Path, tmp_path: Path) -> None:
+    conns = connections_toml(tmp_path / "conn.toml", model="/models/x", hub_token=TOKEN)
+    proc = cli("--workspace", str(ws), "--connections", str(conns), "connections")
+    assert proc.returncode == 0, proc.stderr
+    shown = json.loads(proc.stdout)
+    assert shown["default"]["hub_token"] == "**********"
+    assert shown["default"]["model"] == "/models/x"
+    assert TOKEN not in proc.stdout and TOKEN not in proc.stderr
+
+
+# -- failures --------------------------------------------------------------------------
+V2 = {"prompt": "a red circle", "negative_prompt": ""}
+USER_ERRORS = [
+    (["--set", "prompt=", "--set", "negative_prompt="], "EMPTY_PROMPT", "prompt"),
+    (["--input", json.dumps({**V2, "prompt": "   "})], "EMPTY_PROMPT", "prompt"),
+    (["--input", json.dumps({**V2, "steps": 51})], "INVALID_STEPS", "steps"),
+    (["--input", json.dumps(V2), "--set", "colour=red"], "INVALID_INPUT", "colour"),
+    (["--input", json.dumps({"prompt": "a"})], "INVALID_INPUT", "negative_prompt"),
+    (["--input", '{"prompt": "a", '], "INVALID_INPUT", "--input"),
+    (["--input", "[1, 2]"], "INVALID_INPUT", "--input"),
+    (["--input", "@does-not-exist.json"], "INVALID_INPUT", "--input"),
+    (["--input", json.dumps(V2), "--set", "steps"], "INVALID_INPUT", "--set"),
+]
+
+
+@pytest.mark.parametrize(
+    "args,code,field", USER_ERRORS, ids=[f"{c}-{f}-{i}" for i, (_, c, f) in enumerate(USER_ERRORS)]
+)
+def test_input_errors_exit_2_with_json_on_stderr(
+    cli, ws: Path, args: list[str], code: str, field: str
+) -> None:
+    err = error_of(cli("--workspace", str(ws), "run", "generate_image_v2", *args), 2)
+    assert (err["code"], err["field"]) == (code, field), err
+    assert err["message"] and err["solution"]
+    assert files_in(ws) == []
+
+
+def test_bad_connection_exits_2(cli, ws: Path, tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-model"
+    conns = connections_toml(tmp_path / "conn.toml", model=str(missing), hub_token=TOKEN)
+    args = ["--workspace", str(ws), "--connections", str(conns)]
+    proc = cli(*args, "run", "generate_image_v2", "--input", json.dumps(V2))
+    err = error_of(proc, 2)
+    assert (err["code"], err["field"]) == ("CONNECTION_ERROR", "model")
+    assert str(missing) in err["message"]
+    assert TOKEN not in proc.stderr
+    assert files_in(ws) == []
+
+    conns.write_text('[connections.default]\ndevice = "tpu"\n')
+    err = error_of(cli(*args, "run", "generate_image_v2", "--input", json.dumps(V2)), 2)
+    assert (err["code"], err["field"]) == ("CONNECTION_ERROR", "device")
+    assert "'default'" in err["message"]
+
+    missing_file = tmp_path / "nowhere.toml"
+    err = error_of(
+        cli("--workspace", str(ws), "--connections", str(missing_file), "run", "checkerboard"), 2
+    )
+    assert (err["code"], err["field"]) == ("CONNECTION_ERROR", "connections_file")
+    assert files_in(ws) == []
+
+
+def test_generation_failed_exits_1(
+    cli, ws: Path, tmp_path: Path, tiny_models: Callable[[str], Path]
+) -> None:
+    """A real InstructPix2Pix model cannot do text-to-image: GENERATION_FAILED."""
+    conns = connections_toml(tmp_path / "conn.toml", model=str(tiny_models("instruct-pix2pix")))
+    proc = cli(
+        "--workspace",
+        str(ws),
+        "--connections",
+        str(conns),
+        "run",
+        "generate_image_v2",
+        "--input",
+        json.dumps({**V2, "steps": 2}),
+    )
+    err = error_of(proc, 1)
+    assert (err["code"], err["field"]) == ("GENERATION_FAILED", "model")
+    assert "text-to-image" in err["message"]
+    assert files_in(ws) == []
+
+
+def test_timeout_exits_1(cli, ws: Path, tmp_path: Path, tiny_sd: Path) -> None:
+    conns = connections_toml(tmp_path / "conn.toml", model=str(tiny_sd))
+    proc = cli(
+        "--workspace",
+        str(ws),
+        "--connections",
+        str(conns),
+        "run",
+        "generate_image_v2",
+        "--input",
+        json.dumps({**V2, "steps": 50, "batch_size": 8, "aspect_ratio": "1:1"}),
+        "--timeout",
+        "0.05",
+    )
+    err = error_of(proc, 1)
+    assert (err["code"], err["field"]) == ("GENERATION_TIMEOUT", "timeout")
+    assert files_in(ws) == []
