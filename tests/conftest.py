@@ -23,9 +23,10 @@ TINY_SD_PROFILE = ModelProfile(
     name="tiny-sd",
     title="Tiny SD (tests)",
     pipelines=SD.pipelines,
-    id_patterns=("*tiny-sd*",),
+    id_patterns=("*/tiny-sd", "*/tiny-sd-copy"),
     native_resolution=64,
     max_resolution=128,
+    max_images_per_call=4,
     priority=50,
 )
 

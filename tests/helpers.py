@@ -22,5 +22,8 @@ def pixels(host: Host, ref: str) -> np.ndarray:
 
 def workspace_files(host: Host) -> list[str]:
     root = Path(host.workspace.root)
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()) if (
-        root.exists()) else []
+    return (
+        sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+        if (root.exists())
+        else []
+    )

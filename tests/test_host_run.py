@@ -14,14 +14,19 @@ from imagenodes import Cancelled, GenerationTimeout, Host
 from imagenodes.workspace.png import read_png_metadata
 from tests.helpers import load_ref, pixels, workspace_files
 
-BASE = {"prompt": "a red circle on a blue background", "negative_prompt": "", "steps": 3,
-        "aspect_ratio": "1:1"}
+BASE = {
+    "prompt": "a red circle on a blue background",
+    "negative_prompt": "",
+    "steps": 3,
+    "aspect_ratio": "1:1",
+}
 
 
 def test_run_stores_pngs_with_metadata_and_run_json(tiny_host: Host) -> None:
     events = []
-    result = tiny_host.run("generate_image_v2", {**BASE, "batch_size": 2, "seed": 7},
-                           on_event=events.append)
+    result = tiny_host.run(
+        "generate_image_v2", {**BASE, "batch_size": 2, "seed": 7}, on_event=events.append
+    )
     images = result.outputs["images"]
     assert len(images) == 2 and all(ref.startswith("file://") for ref in images)
     assert result.seeds == [7, 8]
@@ -53,12 +58,14 @@ def test_same_seed_is_pixel_identical_and_batch_images_reproduce_alone(tiny_host
     alone = tiny_host.run("generate_image_v2", {**BASE, "batch_size": 1, "seed": 44})
     # Image 2 of the batch used seed 42+2: alone it is the same image (batched matmuls
     # may differ in the last bit, so allow a sub-level tolerance).
-    diff = np.abs(pixels(tiny_host, alone.outputs["images"][0]) -
-                  pixels(tiny_host, a.outputs["images"][2]))
+    diff = np.abs(
+        pixels(tiny_host, alone.outputs["images"][0]) - pixels(tiny_host, a.outputs["images"][2])
+    )
     assert diff.mean() < 1.0
     other = tiny_host.run("generate_image_v2", {**BASE, "seed": 43})
-    assert not np.array_equal(pixels(tiny_host, other.outputs["images"][0]),
-                              pixels(tiny_host, a.outputs["images"][0]))
+    assert not np.array_equal(
+        pixels(tiny_host, other.outputs["images"][0]), pixels(tiny_host, a.outputs["images"][0])
+    )
 
 
 def test_null_seed_draws_and_reports_a_32_bit_seed(tiny_host: Host) -> None:
@@ -76,8 +83,12 @@ def test_default_aspect_is_capped_with_a_notice(tiny_host: Host) -> None:
 
 def test_concurrent_runs_do_not_interfere(tiny_host: Host) -> None:
     seeds = [100, 101, 102]
-    sequential = {s: pixels(tiny_host, tiny_host.run(
-        "generate_image_v2", {**BASE, "seed": s}).outputs["images"][0]) for s in seeds}
+    sequential = {
+        s: pixels(
+            tiny_host, tiny_host.run("generate_image_v2", {**BASE, "seed": s}).outputs["images"][0]
+        )
+        for s in seeds
+    }
     results: dict[int, np.ndarray] = {}
     errors: list[BaseException] = []
 
@@ -115,8 +126,9 @@ def test_cancel_at_a_step_stores_nothing(tiny_host: Host) -> None:
             assert tiny_host.cancel(event.run_id)
 
     with pytest.raises(Cancelled) as info:
-        tiny_host.run("generate_image_v2", {**BASE, "steps": 30, "batch_size": 2},
-                      on_event=on_event)
+        tiny_host.run(
+            "generate_image_v2", {**BASE, "steps": 30, "batch_size": 2}, on_event=on_event
+        )
     assert info.value.code == "CANCELLED"
     assert workspace_files(tiny_host) == []
 
@@ -144,8 +156,9 @@ def test_timeout_is_generation_timeout_and_stores_nothing(tiny_host: Host) -> No
             time.sleep(0.2)
 
     with pytest.raises(GenerationTimeout) as info:
-        tiny_host.run("generate_image_v2", {**BASE, "steps": 40}, on_event=slow_consumer,
-                      timeout=1.0)
+        tiny_host.run(
+            "generate_image_v2", {**BASE, "steps": 40}, on_event=slow_consumer, timeout=1.0
+        )
     assert info.value.code == "GENERATION_TIMEOUT" and "1 s" in info.value.message
     assert workspace_files(tiny_host) == []
 
