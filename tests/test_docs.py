@@ -186,9 +186,9 @@ def test_hook_examples_in_hooks_md_register_and_run(tmp_path: Path) -> None:
     conn_file.write_text(toml.group(1))
 
     host = Host(tmp_path / "ws", plugins=plugins, connections_file=conn_file)
-    status = {p["name"]: p["status"] for p in host.packs()}
     for module in plugins:
-        assert status[module.__name__] == "available", host.packs()
+        pack = host.registry.packs[module.__name__]
+        assert pack.status == "available", pack.reason
     assert "remote_renderer" in host.registry.connection_types
     assert "tiny-sd" in host.registry.profiles
     assert host.connections.public()["farm"]["api_key"] == "**********"
