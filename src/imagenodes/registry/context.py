@@ -120,6 +120,9 @@ class RunContext:
         self._connections[category] = conn
         return conn
 
+    def connections_used(self) -> dict[str, Connection]:
+        return dict(self._connections)
+
     @property
     def engine(self) -> Engine:
         return self._engine

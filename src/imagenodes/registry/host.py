@@ -112,6 +112,12 @@ class Host:
             self.connections.add(name, conn)
         self.engine = Engine(self.registry.profiles, cache_bytes=cache_bytes)
         self.services: dict[str, Any] = {}
+        # Workspace libraries (trainings, inference packs, sessions); cheap views.
+        from imagenodes.library import InferencePackStore, SessionStore, TrainingStore
+
+        self.trainings = TrainingStore(self.workspace)
+        self.packs = InferencePackStore(self.workspace, plugin_packs=self.plugin_packs)
+        self.sessions = SessionStore(self.workspace)
         self._tokens: dict[str, CancelToken] = {}
         self._tokens_lock = threading.Lock()
 
@@ -136,7 +142,8 @@ class Host:
             for node_id, cls in sorted(self.registry.nodes.items())
         ]
 
-    def packs(self) -> list[dict[str, Any]]:
+    def plugin_packs(self) -> list[dict[str, Any]]:
+        """Plugin packs and their status (``host.packs()`` still returns this too)."""
         return [p.to_dict() for p in self.registry.packs.values()]
 
     def availability(self, cls: type[Node]) -> dict[str, Any]:
@@ -242,6 +249,10 @@ class Host:
             store_start = time.perf_counter()
             if ctx.stored:
                 record = self._run_record(cls, validated, result)
+                # Secrets are masked by Connection.public_dict; never the raw model.
+                record["connections"] = {
+                    cat: conn.public_dict() for cat, conn in ctx.connections_used().items()
+                }
                 result.run_json = staging.add(
                     "run.json", json.dumps(record, indent=2).encode(), kind="manifest"
                 )
