@@ -1,0 +1,129 @@
+"""The embedded default model, judged by pixels through the public API.
+
+These are the acceptance criteria of the shipped model (see its model card): prompt
+adherence on the 48 held-out prompts, seed determinism, image-to-image strength, and
+negative prompts.  They run in CI on the CPU in well under a minute.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from imagenodes import Host, embedded_model_path
+from imagenodes.engine.shapes import COLOURS, heldout_prompts, judge, prompt_for, render
+
+pytestmark = pytest.mark.skipif(
+    not (embedded_model_path() / "model_index.json").exists(),
+    reason="embedded model not built (tools/train_embedded_model.py)",
+)
+
+
+def image(host: Host, ref: str) -> Image.Image:
+    with Image.open(io.BytesIO(host.workspace.read_bytes(ref))) as im:
+        return im.convert("RGB")
+
+
+def generate(host: Host, prompt: str, seed: int, **extra) -> Image.Image:
+    inputs = {
+        "prompt": prompt,
+        "negative_prompt": "",
+        "aspect_ratio": "1:1",
+        "steps": 20,
+        "guidance_scale": 7.5,
+        "seed": seed,
+        **extra,
+    }
+    return image(host, host.run("generate_image_v2", inputs).outputs["images"][0])
+
+
+@pytest.fixture(scope="module")
+def host(embedded_host_session: Host) -> Host:
+    return embedded_host_session
+
+
+def test_embedded_model_is_the_zero_config_default_and_small(host: Host) -> None:
+    folder = embedded_model_path()
+    size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    assert size <= 12 * 1024 * 1024
+    for part in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
+        assert (folder / part).is_dir()
+    assert (folder / "tokenizer" / "vocab.json").exists()
+    assert (folder / "tokenizer" / "merges.txt").exists()
+    assert (folder / "README.md").exists()
+    result = host.run(
+        "generate_image_v2",
+        {
+            "prompt": "a red circle on a blue background",
+            "negative_prompt": "",
+            "aspect_ratio": "1:1",
+            "seed": 0,
+        },
+    )
+    assert host.engine.status()["loaded"][0]["profile"] == "embedded"
+    assert image(host, result.outputs["images"][0]).size == (64, 64)
+
+
+def test_prompt_adherence_on_the_held_out_prompts(host: Host) -> None:
+    prompts = heldout_prompts()
+    assert len(prompts) == 48
+    right = {"background": 0, "colour": 0, "shape": 0}
+    for index, (shape, colour, bg) in enumerate(prompts):
+        verdict = judge(generate(host, prompt_for(shape, colour, bg), seed=1000 + index))
+        right["background"] += verdict["background"] == bg
+        right["colour"] += verdict["colour"] == colour
+        right["shape"] += verdict["shape"] == shape
+    rates = {k: v / len(prompts) for k, v in right.items()}
+    assert rates["background"] >= 0.98, rates
+    assert rates["colour"] >= 0.95, rates
+    assert rates["shape"] >= 0.92, rates
+
+
+def test_same_seed_is_identical_and_different_seeds_differ(host: Host) -> None:
+    prompt = "a green square on a white background"
+    a = np.asarray(generate(host, prompt, seed=5))
+    b = np.asarray(generate(host, prompt, seed=5))
+    c = np.asarray(generate(host, prompt, seed=6))
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def test_negative_prompt_changes_the_image(host: Host) -> None:
+    prompt = "a yellow circle on a black background"
+    plain = np.asarray(generate(host, prompt, seed=9), np.float32)
+    negative = np.asarray(
+        generate(host, prompt, seed=9, negative_prompt="yellow circle"), np.float32
+    )
+    assert np.abs(plain - negative).mean() > 2.0
+
+
+def test_image_to_image_strength_and_recolouring(host: Host) -> None:
+    from imagenodes.workspace.images import image_to_data_uri
+
+    source = render("square", "red", "blue", np.random.default_rng(3))
+    src = np.asarray(source, np.float32)
+    uri = image_to_data_uri(source)
+
+    def edit(prompt: str, strength: float) -> Image.Image:
+        result = host.run(
+            "image_to_image",
+            {
+                "source_image": uri,
+                "prompt": prompt,
+                "negative_prompt": "",
+                "strength": strength,
+                "steps": 20,
+                "seed": 4,
+            },
+        )
+        return image(host, result.outputs["images"][0])
+
+    own = prompt_for("square", "red", "blue")
+    distances = [np.abs(np.asarray(edit(own, s), np.float32) - src).mean() for s in (0.1, 0.4, 0.8)]
+    assert distances[0] < distances[1] < distances[2], distances
+    recoloured = judge(edit(prompt_for("square", "yellow", "green"), 0.8))
+    assert (recoloured["colour"], recoloured["background"]) == ("yellow", "green")
+    assert set(COLOURS) >= {"red", "green", "blue", "yellow", "white", "black"}
