@@ -401,3 +401,4 @@ def test_secret_never_reaches_results_run_json_or_png_metadata(tiny_sd: Path, ws
     record = json.loads((ws / "runs" / result.run_id / "run.json").read_text())
     assert TOKEN not in json.dumps(record)
     assert record["effective"][0]["model"].endswith("tiny-sd")  # the connection was used
+    assert record["connections"]["pixelml"]["hub_token"] == "**********"  # recorded, masked
