@@ -1,0 +1,377 @@
+"""A small runner for the seed's flow shape: ordered steps over registered nodes.
+
+A flow is JSON::
+
+    {"title": ..., "input": <JSON Schema of the flow input>, "ui": {...},
+     "steps": [{"id": "a", "type": "SomeNode", "parameters": {...}}, ...]}
+
+Each step runs one node through ``Host.run`` (so validation, timeouts, staging and
+run records are exactly those of a direct call).  ``type`` names a node: its id
+(``image_generator``), its CamelCase form (``ImageGenerator``), a kebab form
+(``generate-image``) or an alias given to the runner.  Parameters may use:
+
+* ``"$.input.x"`` — a value of the flow input (validated against ``input``),
+* ``"$.results.<step>.<field>"`` — an output of an earlier step; path parts are
+  keys or list indexes (``.0`` or ``[0]``),
+* ``["@Map($.path)", template]`` — one copy of ``template`` per item of the list at
+  ``$.path``, where ``"$$"`` is the item (``"$$.name"`` a field of it).  Inside a
+  list the copies are spliced in place, so the seed's ``"images": [["@Map(..)", {..}]]``
+  is a flat list of requests; anywhere else the directive becomes that list.
+
+A reference must be the whole string: ``"costs $.input.x"`` stays literal text, so
+prompts containing dollar signs are never rewritten.  An unresolvable reference is
+an INVALID_INPUT naming the step and the parameter, with the keys that do exist.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from imagenodes.registry.errors import ImageNodesError, InputError, UnknownNodeError
+from imagenodes.registry.events import Event
+
+#: ``$.input...``, ``$.results...``: dotted keys and [index] parts.
+_REF = re.compile(r"^\$\.(?:input|results)(?:\.[^.\[\]\s]+|\[\d+\])*$")
+#: ``$$`` and ``$$.field...`` inside a Map template.
+_ITEM = re.compile(r"^\$\$(?:\.[^.\[\]\s]+|\[\d+\])*$")
+_MAP = re.compile(r"^@Map\((.+)\)$")
+_PART = re.compile(r"\.([^.\[\]\s]+)|\[(\d+)\]")
+_NO_ITEM = object()
+
+
+def _path_parts(path: str, prefix: str) -> list[str | int]:
+    parts: list[str | int] = []
+    for key, index in _PART.findall(path[len(prefix) :]):
+        parts.append(int(index) if index else int(key) if key.isdigit() else key)
+    return parts
+
+
+def _walk(value: Any, parts: list[str | int], ref: str, where: str) -> Any:
+    for depth, part in enumerate(parts):
+        if isinstance(value, Mapping) and str(part) in value:
+            value = value[str(part)]
+        elif isinstance(value, list) and isinstance(part, int) and -len(value) <= part < len(value):
+            value = value[part]
+        else:
+            seen = ".".join(str(p) for p in parts[:depth]) or "(root)"
+            if isinstance(value, Mapping):
+                has = f"keys there: {', '.join(map(str, value)) or 'none'}"
+            elif isinstance(value, list):
+                has = f"a list of {len(value)} items"
+            else:
+                has = f"a {type(value).__name__}"
+            raise InputError(
+                f"{where}: reference {ref!r} cannot be resolved: no {part!r} under {seen} ({has})",
+                field=where,
+            )
+    return value
+
+
+@dataclass
+class StepRecord:
+    """What one step did (its outputs are in ``FlowResult.results``)."""
+
+    id: str
+    type: str
+    node: str
+    run_id: str
+    pipeline_calls: int
+    seeds: list[int]
+    notices: list[dict[str, Any]]
+    timings: dict[str, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "type": self.type,
+            "node": self.node,
+            "run_id": self.run_id,
+            "pipeline_calls": self.pipeline_calls,
+            "seeds": self.seeds,
+            "notices": self.notices,
+            "timings": self.timings,
+        }
+
+
+@dataclass
+class FlowResult:
+    title: str | None
+    input: dict[str, Any]
+    results: dict[str, dict[str, Any]] = field(default_factory=dict)
+    steps: list[StepRecord] = field(default_factory=list)
+    widgets: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def pipeline_calls(self) -> int:
+        return sum(s.pipeline_calls for s in self.steps)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "title": self.title,
+            "input": self.input,
+            "results": self.results,
+            "steps": [s.to_dict() for s in self.steps],
+            "widgets": self.widgets,
+            "pipeline_calls": self.pipeline_calls,
+        }
+
+
+def load_flow(source: str | Path | Mapping[str, Any]) -> dict[str, Any]:
+    """A flow from a mapping, a JSON file path, or JSON text."""
+    if isinstance(source, Mapping):
+        return dict(source)
+    text = str(source)
+    if isinstance(source, Path) or not text.lstrip().startswith("{"):
+        try:
+            text = Path(source).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise InputError(
+                f"cannot read flow file {str(source)!r}: {exc}", field="flow"
+            ) from None
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise InputError(f"flow is not valid JSON: {exc}", field="flow") from None
+    if not isinstance(data, dict):
+        raise InputError("a flow must be a JSON object with a steps list", field="flow")
+    return data
+
+
+def camel_to_snake(name: str) -> str:
+    return re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", name).lower()
+
+
+class FlowRunner:
+    """Runs flows on a host.  ``aliases`` maps extra step types to node ids."""
+
+    def __init__(self, host: Any, *, aliases: Mapping[str, str] | None = None) -> None:
+        self.host = host
+        self.aliases = dict(aliases or {})
+
+    # -- checking -------------------------------------------------------------------
+    def node_for(self, step_type: str, *, where: str = "type") -> str:
+        """The node id a step ``type`` names."""
+        nodes = self.host.nodes
+        for candidate in (
+            self.aliases.get(step_type),
+            step_type,
+            camel_to_snake(step_type),
+            step_type.replace("-", "_"),
+        ):
+            if candidate and candidate in nodes:
+                return candidate
+        raise UnknownNodeError(
+            f"{where}: no node for step type {step_type!r}; available: "
+            f"{', '.join(sorted(nodes))} (CamelCase or kebab-case forms work too)",
+            field=where,
+        )
+
+    def check(self, flow: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """Validate the flow's structure and step types; returns the parsed steps."""
+        steps = flow.get("steps")
+        if not isinstance(steps, list) or not steps:
+            raise InputError("flow.steps must be a non-empty list of steps", field="steps")
+        seen: set[str] = set()
+        parsed = []
+        for index, step in enumerate(steps):
+            where = f"steps.{index}"
+            if not isinstance(step, Mapping):
+                raise InputError(
+                    f"{where} must be an object with id, type, parameters", field=where
+                )
+            step_id, step_type = step.get("id"), step.get("type")
+            if not isinstance(step_id, str) or not step_id:
+                raise InputError(f"{where}.id must be a non-empty string", field=f"{where}.id")
+            if step_id in seen:
+                raise InputError(f"{where}.id {step_id!r} is used twice", field=f"{where}.id")
+            seen.add(step_id)
+            if not isinstance(step_type, str) or not step_type:
+                raise InputError(f"{where}.type must be a node type", field=f"{where}.type")
+            params = step.get("parameters", {})
+            if not isinstance(params, Mapping):
+                raise InputError(
+                    f"{where}.parameters must be an object", field=f"{where}.parameters"
+                )
+            node = self.node_for(step_type, where=f"steps.{step_id}.type")
+            parsed.append({"id": step_id, "type": step_type, "node": node, "parameters": params})
+        return parsed
+
+    def validate_input(self, flow: Mapping[str, Any], data: Mapping[str, Any]) -> dict[str, Any]:
+        """Apply the input schema's defaults and validate against it."""
+        schema = flow.get("input")
+        values = dict(data)
+        if not isinstance(schema, Mapping):
+            return values
+        for name, prop in (schema.get("properties") or {}).items():
+            if name not in values and isinstance(prop, Mapping) and "default" in prop:
+                values[name] = prop["default"]
+        import jsonschema
+
+        validator_cls = jsonschema.validators.validator_for(schema)
+        errors = sorted(validator_cls(schema).iter_errors(values), key=lambda e: list(e.path))
+        if errors:
+            err = errors[0]
+            where = ".".join(str(p) for p in err.path) or None
+            raise InputError(
+                f"flow input{'.' + where if where else ''}: {err.message}",
+                field=f"input.{where}" if where else "input",
+            )
+        return values
+
+    # -- resolving ------------------------------------------------------------------
+    def resolve(
+        self, value: Any, scope: Mapping[str, Any], where: str, item: Any = _NO_ITEM
+    ) -> Any:
+        """Replace references and expand Map directives in a parameter value."""
+        if isinstance(value, str):
+            if _REF.match(value):
+                root = "input" if value.startswith("$.input") else "results"
+                parts = _path_parts(value, f"$.{root}")
+                return _walk(scope[root], parts, value, where)
+            if _ITEM.match(value):
+                if item is _NO_ITEM:
+                    raise InputError(
+                        f"{where}: {value!r} is only meaningful inside a @Map template",
+                        field=where,
+                    )
+                return _walk(item, _path_parts(value, "$$"), value, where)
+            return value
+        if isinstance(value, list):
+            if _is_map(value):
+                return self._expand(value, scope, where, item)
+            out: list[Any] = []
+            for index, element in enumerate(value):
+                if isinstance(element, list) and _is_map(element):
+                    out.extend(self._expand(element, scope, f"{where}.{index}", item))
+                else:
+                    out.append(self.resolve(element, scope, f"{where}.{index}", item))
+            return out
+        if isinstance(value, Mapping):
+            return {k: self.resolve(v, scope, f"{where}.{k}", item) for k, v in value.items()}
+        return value
+
+    def _expand(
+        self, directive: list[Any], scope: Mapping[str, Any], where: str, item: Any
+    ) -> list:
+        match = _MAP.match(directive[0])
+        assert match is not None
+        source_ref = match.group(1).strip()
+        if not (_REF.match(source_ref) or _ITEM.match(source_ref)):
+            raise InputError(
+                f"{where}: @Map needs a reference such as @Map($.results.step.field) "
+                f"(got {directive[0]!r})",
+                field=where,
+            )
+        source = self.resolve(source_ref, scope, where, item)
+        if not isinstance(source, list):
+            raise InputError(
+                f"{where}: {source_ref} is a {type(source).__name__}, @Map needs a list",
+                field=where,
+            )
+        template = directive[1]
+        return [
+            self.resolve(template, scope, f"{where}[{i}]", element)
+            for i, element in enumerate(source)
+        ]
+
+    # -- running --------------------------------------------------------------------
+    def run(
+        self,
+        flow: str | Path | Mapping[str, Any],
+        inputs: Mapping[str, Any] | None = None,
+        *,
+        on_event: Callable[[Event], None] | None = None,
+        connections: Mapping[str, str] | None = None,
+        on_step: Callable[[StepRecord], None] | None = None,
+    ) -> FlowResult:
+        """Run every step in order; the first failing step stops the flow.
+
+        A step's error keeps its code; its message and field are prefixed with the
+        step id, and ``details.step`` names it.
+        """
+        data = load_flow(flow)
+        steps = self.check(data)
+        values = self.validate_input(data, inputs or {})
+        result = FlowResult(title=data.get("title"), input=values)
+        scope = {"input": values, "results": result.results}
+        for step in steps:
+            where = f"steps.{step['id']}.parameters"
+            try:
+                params = self.resolve(step["parameters"], scope, where)
+                run = self.host.run(
+                    step["node"], params, on_event=on_event, connections=connections
+                )
+            except ImageNodesError as exc:
+                raise _step_error(exc, step) from exc
+            result.results[step["id"]] = run.outputs
+            record = StepRecord(
+                id=step["id"],
+                type=step["type"],
+                node=step["node"],
+                run_id=run.run_id,
+                pipeline_calls=run.pipeline_calls,
+                seeds=run.seeds,
+                notices=run.notices,
+                timings=run.timings,
+            )
+            result.steps.append(record)
+            if on_step is not None:
+                on_step(record)
+        result.widgets = _widgets(data, result.results)
+        return result
+
+
+def _is_map(value: list[Any]) -> bool:
+    return len(value) == 2 and isinstance(value[0], str) and bool(_MAP.match(value[0]))
+
+
+def _step_error(exc: ImageNodesError, step: Mapping[str, Any]) -> ImageNodesError:
+    prefix = f"steps.{step['id']}"
+    field = (
+        exc.field
+        if (exc.field or "").startswith(prefix)
+        else (f"{prefix}.parameters.{exc.field}" if exc.field else prefix)
+    )
+    message = (
+        exc.message if exc.message.startswith(prefix) else f"step {step['id']!r}: {exc.message}"
+    )
+    return ImageNodesError(
+        message,
+        code=exc.code,
+        field=field,
+        solution=exc.solution,
+        details={**exc.details, "step": step["id"], "node": step["node"]},
+    )
+
+
+def _widgets(flow: Mapping[str, Any], results: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The flow's ``ui.results.widgets`` with the images of their source steps."""
+    ui = flow.get("ui") or {}
+    widgets = ((ui.get("results") or {}) if isinstance(ui, Mapping) else {}).get("widgets") or []
+    out = []
+    for widget in widgets:
+        if not isinstance(widget, Mapping):
+            continue
+        images = [
+            ref
+            for source in widget.get("sources") or []
+            for ref in (results.get(source) or {}).get("images") or []
+            if isinstance(ref, str)
+        ]
+        out.append({**widget, "images": images})
+    return out
+
+
+def run_flow(
+    host: Any,
+    flow: str | Path | Mapping[str, Any],
+    inputs: Mapping[str, Any] | None = None,
+    **kwargs: Any,
+) -> FlowResult:
+    """Convenience: ``FlowRunner(host).run(flow, inputs)``."""
+    return FlowRunner(host).run(flow, inputs, **kwargs)

@@ -1,0 +1,251 @@
+"""``imagenodes mcp``: every catalog node as a Model Context Protocol tool, over stdio.
+
+Built on the official ``mcp`` SDK's low-level :class:`mcp.server.lowlevel.Server`
+(not the decorator layer) because the tools are not Python functions: they are the
+host's catalog, and each tool's ``inputSchema`` must be the node's own JSON Schema.
+
+* Tool names are node ids, except the seed-004 names ``generate-image`` and
+  ``check-engine-status`` (:data:`TOOL_ALIASES`).
+* A call is ``host.arun`` (``Host.run`` in a worker thread), so validation, the
+  node's timeout, staging and run records are exactly those of any other caller.
+  A client cancelling the request cancels the run.
+* Success: generated images as MCP ``image`` content (base64 PNG) whose ``_meta``
+  carries the workspace reference (and, for generate-image, the seed's metadata),
+  plus a ``text`` item and ``structuredContent`` with the outputs (image data
+  replaced by references), run id, seeds and notices.
+* Failure: ``isError: true`` with ``{"error": {code, field, message, solution}}`` as
+  text and as ``structuredContent``; the server itself keeps running.
+
+Arguments are validated by the host, not by the SDK, so a bad call gets the same
+coded error (``INVALID_DIMENSIONS``, ``EMPTY_PROMPT``, …) as the CLI would print.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import sys
+import uuid
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, TextIO
+
+from imagenodes.registry.errors import ImageNodesError, InputError, UnknownNodeError
+
+if TYPE_CHECKING:
+    from mcp.server.lowlevel import Server
+
+    from imagenodes.registry.host import Host, RunResult
+
+SERVER_NAME = "imagenodes"
+#: Node id → tool name where the seed fixes another name.
+TOOL_ALIASES: dict[str, str] = {
+    "generate_image": "generate-image",
+    "check_engine_status": "check-engine-status",
+}
+#: Workspace PNGs returned inline per call (the rest stay references).
+MAX_INLINE_IMAGES = 8
+META_REF = "imagenodes/ref"
+META_METADATA = "imagenodes/metadata"
+
+
+def tool_name(node_id: str) -> str:
+    return TOOL_ALIASES.get(node_id, node_id)
+
+
+def node_for_tool(host: Host, name: str) -> str:
+    """The node id behind a tool name (aliases, then the id itself)."""
+    for node_id, alias in TOOL_ALIASES.items():
+        if alias == name and node_id in host.nodes:
+            return node_id
+    if name in host.nodes:
+        return name
+    known = ", ".join(sorted(tool_name(n) for n in host.nodes))
+    raise UnknownNodeError(f"no tool {name!r}; available: {known}", field="name")
+
+
+def list_tools(host: Host) -> list[Any]:
+    import mcp_types as types
+
+    tools = []
+    for entry in host.catalog():
+        description = entry["description"]
+        if not entry["availability"]["available"]:
+            description += f" (currently unavailable: {entry['availability']['reason']})"
+        tools.append(
+            types.Tool(
+                name=tool_name(entry["id"]),
+                title=entry["title"],
+                description=description,
+                input_schema=entry["input_schema"],
+            )
+        )
+    return tools
+
+
+def error_result(exc: ImageNodesError) -> Any:
+    import mcp_types as types
+
+    payload = {"error": exc.to_dict()}
+    return types.CallToolResult(
+        content=[types.TextContent(type="text", text=json.dumps(payload))],
+        structured_content=payload,
+        is_error=True,
+    )
+
+
+def _workspace_pngs(host: Host, value: Any, found: list[str]) -> None:
+    """Every workspace PNG reference in an output value, in order, without repeats."""
+    if isinstance(value, str):
+        if (
+            value.endswith(".png")
+            and value.startswith(host.workspace.url + "/")
+            and value not in found
+        ):
+            found.append(value)
+    elif isinstance(value, list):
+        for item in value:
+            _workspace_pngs(host, item, found)
+    elif isinstance(value, dict):
+        for item in value.values():
+            _workspace_pngs(host, item, found)
+
+
+def success_result(host: Host, node_id: str, result: RunResult) -> Any:
+    """Image content for the run's images plus the outputs as text/structured content."""
+    import mcp_types as types
+
+    outputs = json.loads(json.dumps(result.outputs))
+    content: list[Any] = []
+    if node_id == "generate_image":
+        stored = outputs.get("images") or []
+        for index, item in enumerate(outputs.get("content") or []):
+            ref = stored[index] if index < len(stored) else None
+            content.append(
+                types.ImageContent(
+                    type="image",
+                    data=item["data"],
+                    mime_type=item["mimeType"],
+                    meta={META_REF: ref, META_METADATA: item.get("metadata")},
+                )
+            )
+            # The data is in the image content already; keep the reference instead.
+            item["data"] = ref
+    else:
+        refs: list[str] = []
+        _workspace_pngs(host, outputs, refs)
+        for ref in refs[:MAX_INLINE_IMAGES]:
+            try:
+                data = host.workspace.read_bytes(ref)
+            except ImageNodesError:
+                continue
+            content.append(
+                types.ImageContent(
+                    type="image",
+                    data=base64.b64encode(data).decode("ascii"),
+                    mime_type="image/png",
+                    meta={META_REF: ref},
+                )
+            )
+    summary = {
+        "node": node_id,
+        "run_id": result.run_id,
+        "outputs": outputs,
+        "seeds": result.seeds,
+        "notices": result.notices,
+        "pipeline_calls": result.pipeline_calls,
+        "timings": result.timings,
+    }
+    content.append(types.TextContent(type="text", text=json.dumps(summary)))
+    return types.CallToolResult(content=content, structured_content=summary)
+
+
+async def call_tool(host: Host, name: str, arguments: dict[str, Any] | None) -> Any:
+    """Run the node behind ``name``; every failure becomes a coded tool error."""
+    import anyio
+
+    run_id = uuid.uuid4().hex
+    try:
+        node_id = node_for_tool(host, name)
+        result = await host.arun(node_id, arguments or {}, run_id=run_id)
+    except ImageNodesError as exc:
+        return error_result(exc)
+    except anyio.get_cancelled_exc_class():
+        host.cancel(run_id, "cancelled by the MCP client")
+        raise
+    except Exception as exc:  # the server must answer, never crash on one call
+        return error_result(
+            ImageNodesError(f"{name} failed: {type(exc).__name__}: {exc}", field=None)
+        )
+    return success_result(host, node_id, result)
+
+
+def build_server(host: Host) -> Server:
+    """A low-level MCP server whose tools are the host's catalog."""
+    import mcp_types as types
+    from mcp.server.lowlevel import Server
+
+    import imagenodes
+
+    async def on_list_tools(ctx: Any, params: Any) -> types.ListToolsResult:
+        return types.ListToolsResult(tools=list_tools(host))
+
+    async def on_call_tool(ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
+        return await call_tool(host, params.name, params.arguments)
+
+    return Server(
+        SERVER_NAME,
+        version=imagenodes.__version__,
+        title="imagenodes",
+        instructions="Image-generation nodes. Call check-engine-status first; generate-image "
+        "returns a PNG. Images are also stored in the workspace (see _meta imagenodes/ref).",
+        on_list_tools=on_list_tools,
+        on_call_tool=on_call_tool,
+    )
+
+
+async def serve_stdio(host: Host) -> None:
+    from mcp.server.stdio import stdio_server
+
+    server = build_server(host)
+    async with stdio_server() as (read_stream, write_stream):
+        await server.run(read_stream, write_stream, server.create_initialization_options())
+
+
+def _require_sdk() -> None:
+    try:
+        import mcp  # noqa: F401
+    except ImportError:
+        raise InputError(
+            "the MCP server needs the mcp package: pip install 'imagenodes[mcp]'", field="mcp"
+        ) from None
+
+
+def cmd_mcp(args: argparse.Namespace, out: TextIO) -> int:
+    import anyio
+
+    from imagenodes.cli import EXIT_OK, _host
+
+    _require_sdk()
+    host = _host(args)
+    anyio.run(serve_stdio, host)
+    return EXIT_OK
+
+
+def add_commands(sub: Any) -> None:
+    p = sub.add_parser("mcp", help="serve every node as an MCP tool over stdio")
+    # Also accepted after the subcommand (`imagenodes mcp --workspace ws`).
+    p.add_argument("--workspace", default=argparse.SUPPRESS, help="workspace URL or folder")
+    p.add_argument("--connections", default=argparse.SUPPRESS, help="connections TOML file")
+    p.set_defaults(func=cmd_mcp)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m imagenodes.mcp_server [--workspace W]``: same as ``imagenodes mcp``."""
+    from imagenodes.cli import main as cli_main
+
+    return cli_main(["mcp", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
