@@ -140,6 +140,8 @@ def test_input_errors_name_the_allowed_range(host: Host, inputs, code, field) ->
     assert (info.value.code, info.value.field) == (code, field)
     if code == "INVALID_DIMENSIONS":
         assert "≥ 1" in info.value.message and "≤ 2048" in info.value.message
+    if code in GenerateImage.solutions:  # seed 004's ranges, not seed 000's
+        assert info.value.solution == GenerateImage.solutions[code]
 
 
 def test_timeout_is_90_seconds_and_enforced(host: Host) -> None:

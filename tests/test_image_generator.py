@@ -21,6 +21,7 @@ from conftest import TINY_SD_PROFILE, TinyProfiles
 from PIL import Image
 
 from imagenodes import Host, ImageNodesError, hookimpl
+from imagenodes.nodes.image_generator import ImageGenerator
 from imagenodes.workspace import read_imagenodes_metadata
 
 BATCH2 = replace(TINY_SD_PROFILE, name="tiny-sd-batch2", max_images_per_call=2, priority=60)
@@ -236,3 +237,5 @@ def test_bad_requests_are_coded_errors_and_store_nothing(
     assert sorted(Path(host.workspace.root).rglob("*")) == before
     if code == "INVALID_DIMENSIONS":
         assert "8" in info.value.message and "2048" in info.value.message
+    if code in ImageGenerator.solutions:  # seed 003's ranges, not seed 000's
+        assert info.value.solution == ImageGenerator.solutions[code]

@@ -15,6 +15,7 @@ from imagenodes import Host, ImageNodesError, InputError
 from imagenodes.cli import main as cli_main
 from imagenodes.library import InferencePackStore, SessionStore, TrainingStore
 from imagenodes.library.trainings import WEIGHT_NAME
+from imagenodes.nodes.image_generator import ImageGenerator
 from imagenodes.workspace import Workspace
 
 
@@ -166,6 +167,8 @@ def test_pack_requests_are_validated_like_the_node(host: Host, request_, code, f
     with pytest.raises(ImageNodesError) as info:
         host.packs.create([request_])
     assert (info.value.code, info.value.field) == (code, field)
+    if code in ImageGenerator.solutions:
+        assert info.value.solution == ImageGenerator.solutions[code]
     assert host.packs.list() == []
 
 

@@ -35,6 +35,7 @@ def validate_requests(
     """Validate image requests with the node's own model; coded error on the first bad one."""
     from imagenodes.nodes.image_generator import (
         IMAGE_FIELD_CODES,
+        ImageGenerator,
         ImageRequest,
         check_dimensions,
     )
@@ -56,12 +57,17 @@ def validate_requests(
             request = ImageRequest.model_validate(dict(item))
         except ValidationError as exc:
             err = to_error(exc, ImageRequest, IMAGE_FIELD_CODES)
-            raise ImageNodesError(
-                f"{field}.{index}: {err.message}",
-                code=err.code,
-                field=f"{field}.{index}.{err.field}" if err.field else f"{field}.{index}",
+            raise ImageGenerator.localise_error(
+                ImageNodesError(
+                    f"{field}.{index}: {err.message}",
+                    code=err.code,
+                    field=f"{field}.{index}.{err.field}" if err.field else f"{field}.{index}",
+                )
             ) from None
-        check_dimensions(request, f"{field}.{index}")
+        try:
+            check_dimensions(request, f"{field}.{index}")
+        except ImageNodesError as exc:
+            raise ImageGenerator.localise_error(exc) from None
         out.append(request.model_dump(mode="json", exclude_unset=True))
     return out
 

@@ -154,6 +154,14 @@ class GenerateImage(Node):
         "steps": "INVALID_STEPS",
         "guidance_scale": "INVALID_GUIDANCE_SCALE",
     }
+    # Seed 004's ranges, not the shared texts' (guidance 0–15, 50 steps).
+    solutions: ClassVar[dict[str, str]] = {
+        "INVALID_DIMENSIONS": "Set width and height between 1 and 2048 (default 512)",
+        "INVALID_STEPS": "Set steps between 1 and 100 (20 for speed, 50+ for high quality)",
+        "INVALID_GUIDANCE_SCALE": "Set guidance_scale between 1 and 20 (7-9 usually balances "
+        "prompt adherence with creativity)",
+        "GENERATION_TIMEOUT": "Generation is limited to 90 seconds: reduce steps or dimensions",
+    }
     timeout = TIMEOUT_S
 
     def run(self, inputs: GenerateImageInput, ctx: RunContext) -> GenerateImageOutput:

@@ -244,6 +244,15 @@ class ImageGenerator(Node):
     Output = ImageGeneratorOutput
     connections = (PIXELML_CONNECTION,)
     field_codes: ClassVar[dict[str, str]] = IMAGE_FIELD_CODES
+    # The shared texts name seed 000's ranges (guidance 0–15, 50 steps, 8 images).
+    solutions: ClassVar[dict[str, str]] = {
+        "INVALID_GUIDANCE_SCALE": "Set guidanceScale between 0 and 10 (default 7.5)",
+        "INVALID_STEPS": f"Set steps between 1 and {MAX_STEPS} (default 25)",
+        "BATCH_SIZE_EXCEEDED": f"Set batchSize between 1 and 4, with at most {MAX_REQUESTS} "
+        "requests per run (inference pack included)",
+        "INVALID_DIMENSIONS": f"Set width and height to multiples of {SIZE_MULTIPLE} between "
+        f"{MIN_SIZE} and {MAX_SIZE}",
+    }
 
     def run(self, inputs: ImageGeneratorInput, ctx: RunContext) -> ImageGeneratorOutput:
         plan = self._merge(inputs, ctx)
