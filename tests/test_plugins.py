@@ -174,3 +174,11 @@ def test_disable_env_blocks_named_packs(monkeypatch: pytest.MonkeyPatch, tmp_pat
     assert "generate_image_v2" in ids
     status = {p["name"]: p["status"] for p in host.packs()}
     assert status["image_to_image"] == "disabled"
+
+
+def test_pytest_fixtures_for_plugin_authors(imagenodes_host) -> None:
+    """The pytest11 plugin gives pack authors a host that discovered installed packs."""
+    ids = {entry["id"] for entry in imagenodes_host.catalog()}
+    assert {"generate_image_v2", "checkerboard"} <= ids
+    result = imagenodes_host.run("checkerboard", {"size": 16, "squares": 2})
+    assert imagenodes_host.workspace.exists(result.outputs["image"])
