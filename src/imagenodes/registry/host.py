@@ -70,6 +70,21 @@ def _json_safe(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
+#: Longer strings (inline base64 images, data URIs) are not copied into run.json: the
+#: images themselves are stored beside it, and the record must stay small to read.
+RECORD_STRING_LIMIT = 4096
+
+
+def _trim_long_strings(value: Any) -> Any:
+    if isinstance(value, str) and len(value) > RECORD_STRING_LIMIT:
+        return f"<{len(value)} characters omitted>"
+    if isinstance(value, dict):
+        return {k: _trim_long_strings(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_trim_long_strings(v) for v in value]
+    return value
+
+
 class Host:
     """The registry a builder embeds.
 
@@ -358,7 +373,7 @@ class Host:
                 "notices": result.notices,
                 "timings": result.timings,
                 "pipeline_calls": result.pipeline_calls,
-                "outputs": result.outputs,
+                "outputs": _trim_long_strings(result.outputs),
                 "created": time.time(),
             }
         )
