@@ -26,25 +26,30 @@ def _parse_value(raw: str) -> Any:
         return raw
 
 
+def read_json_arg(spec: str, field: str, stdin: TextIO) -> Any:
+    """A JSON argument given inline, as ``@file.json`` or as ``-`` (stdin)."""
+    if spec == "-":
+        text = stdin.read()
+    elif spec.startswith("@"):
+        try:
+            with open(spec[1:], encoding="utf-8") as fh:
+                text = fh.read()
+        except OSError as exc:
+            raise InputError(
+                f"cannot read {field} file {spec[1:]!r}: {exc.strerror}", field=field
+            ) from None
+    else:
+        text = spec
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise InputError(f"{field} is not valid JSON: {exc}", field=field) from None
+
+
 def read_inputs(spec: str | None, sets: Sequence[str], stdin: TextIO) -> dict[str, Any]:
     data: dict[str, Any] = {}
     if spec:
-        if spec == "-":
-            text = stdin.read()
-        elif spec.startswith("@"):
-            try:
-                with open(spec[1:], encoding="utf-8") as fh:
-                    text = fh.read()
-            except OSError as exc:
-                raise InputError(
-                    f"cannot read input file {spec[1:]!r}: {exc.strerror}", field="--input"
-                ) from None
-        else:
-            text = spec
-        try:
-            data = json.loads(text)
-        except ValueError as exc:
-            raise InputError(f"--input is not valid JSON: {exc}", field="--input") from None
+        data = read_json_arg(spec, "--input", stdin)
         if not isinstance(data, dict):
             raise InputError("--input must be a JSON object", field="--input")
     for item in sets:

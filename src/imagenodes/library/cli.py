@@ -12,7 +12,6 @@ import sys
 from typing import Any, TextIO
 
 from imagenodes.cli import EXIT_OK, _host
-from imagenodes.registry.errors import InputError
 
 
 def _print(out: TextIO, value: Any) -> int:
@@ -49,22 +48,9 @@ def cmd_trainings_remove(args: argparse.Namespace, out: TextIO) -> int:
 # -- packs -----------------------------------------------------------------------------
 def _read_images(spec: str) -> Any:
     """``--images`` is JSON text, ``@file.json`` or ``-``; a list or {"images": [...]}."""
-    if spec == "-":
-        text = sys.stdin.read()
-    elif spec.startswith("@"):
-        try:
-            with open(spec[1:], encoding="utf-8") as fh:
-                text = fh.read()
-        except OSError as exc:
-            raise InputError(
-                f"cannot read {spec[1:]!r}: {exc.strerror}", field="--images"
-            ) from None
-    else:
-        text = spec
-    try:
-        data = json.loads(text)
-    except ValueError as exc:
-        raise InputError(f"--images is not valid JSON: {exc}", field="--images") from None
+    from imagenodes.cli import read_json_arg
+
+    data = read_json_arg(spec, "--images", sys.stdin)
     if isinstance(data, dict) and "images" in data:
         data = data["images"]
     return data

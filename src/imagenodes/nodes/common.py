@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, ConfigDict
+from pydantic import AfterValidator, ConfigDict, Field
 
 
 def _non_empty(value: str) -> str:
@@ -57,3 +57,50 @@ SEED_FIELD_CODES = {
     "aspect_ratio": "INVALID_ASPECT_RATIO",
     "strength": "INVALID_STRENGTH",
 }
+
+
+# -- the fields seeds 000 and 001 share, word for word ---------------------------------
+def prompt_field() -> Any:
+    return Field(title="Prompt", description=PROMPT_DESCRIPTION)
+
+
+def negative_prompt_field() -> Any:
+    return Field(title="Negative Prompt", description=NEGATIVE_PROMPT_DESCRIPTION)
+
+
+def guidance_field(default: float) -> Any:
+    return Field(
+        default=default,
+        gt=0,
+        le=15,
+        title="Guidance scale",
+        description="The guidance scale of the generated image.",
+    )
+
+
+def steps_field() -> Any:
+    return Field(
+        default=20,
+        gt=0,
+        le=50,
+        title="Steps",
+        description="The number of steps to take in the generated image.",
+    )
+
+
+def batch_size_field() -> Any:
+    return Field(
+        default=1,
+        gt=0,
+        le=8,
+        title="Batch size",
+        description="The number of images to generate in a batch.",
+    )
+
+
+def seed_field() -> Any:
+    return Field(default=None, title="Seed", description="The seed to use for the generated image.")
+
+
+def images_output_field() -> Any:
+    return Field(title="Image output")

@@ -16,11 +16,16 @@ from imagenodes.engine.aspect import aspect_size
 from imagenodes.engine.profiles import TEXT_TO_IMAGE
 from imagenodes.engine.request import GenerationRequest
 from imagenodes.nodes.common import (
-    NEGATIVE_PROMPT_DESCRIPTION,
-    PROMPT_DESCRIPTION,
     SEED_FIELD_CODES,
     Prompt,
+    batch_size_field,
+    guidance_field,
+    images_output_field,
+    negative_prompt_field,
+    prompt_field,
+    seed_field,
     seed_model_config,
+    steps_field,
 )
 from imagenodes.registry.context import RunContext
 from imagenodes.registry.hookspecs import hookimpl
@@ -50,32 +55,12 @@ class GenerateImageV2NodeInput(BaseModel):
 
     model_config = seed_model_config("GenerateImageV2NodeInput")
 
-    prompt: Prompt = Field(title="Prompt", description=PROMPT_DESCRIPTION)
-    negative_prompt: str = Field(title="Negative Prompt", description=NEGATIVE_PROMPT_DESCRIPTION)
-    guidance_scale: float = Field(
-        default=8,
-        gt=0,
-        le=15,
-        title="Guidance scale",
-        description="The guidance scale of the generated image.",
-    )
-    steps: int = Field(
-        default=20,
-        gt=0,
-        le=50,
-        title="Steps",
-        description="The number of steps to take in the generated image.",
-    )
-    batch_size: int = Field(
-        default=1,
-        gt=0,
-        le=8,
-        title="Batch size",
-        description="The number of images to generate in a batch.",
-    )
-    seed: int | None = Field(
-        default=None, title="Seed", description="The seed to use for the generated image."
-    )
+    prompt: Prompt = prompt_field()
+    negative_prompt: str = negative_prompt_field()
+    guidance_scale: float = guidance_field(8)
+    steps: int = steps_field()
+    batch_size: int = batch_size_field()
+    seed: int | None = seed_field()
     aspect_ratio: AspectRatio = Field(
         default="9:16_HD",
         title="Aspect ratio",
@@ -88,7 +73,7 @@ class GenerateImageV2NodeOutput(BaseModel):
 
     model_config = seed_model_config("GenerateImageV2NodeOutput")
 
-    images: list[str] = Field(title="Image output")
+    images: list[str] = images_output_field()
 
 
 class GenerateImageV2(Node):

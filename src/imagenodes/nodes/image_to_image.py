@@ -16,12 +16,17 @@ from pydantic import BaseModel, Field
 from imagenodes.engine.profiles import IMAGE_TO_IMAGE
 from imagenodes.engine.request import GenerationRequest
 from imagenodes.nodes.common import (
-    NEGATIVE_PROMPT_DESCRIPTION,
-    PROMPT_DESCRIPTION,
     SEED_FIELD_CODES,
     NonNegativeSize,
     Prompt,
+    batch_size_field,
+    guidance_field,
+    images_output_field,
+    negative_prompt_field,
+    prompt_field,
+    seed_field,
     seed_model_config,
+    steps_field,
 )
 from imagenodes.registry.context import RunContext
 from imagenodes.registry.hookspecs import hookimpl
@@ -37,18 +42,12 @@ class ImageToImageNodeInput(BaseModel):
         title="Source Image",
         description="The image to use as the source for the image to image generation.",
     )
-    prompt: Prompt = Field(title="Prompt", description=PROMPT_DESCRIPTION)
+    prompt: Prompt = prompt_field()
     prompt_2: str | None = Field(
         default=None, title="Prompt 2", description="A second prompt to guide the image generation."
     )
-    negative_prompt: str = Field(title="Negative Prompt", description=NEGATIVE_PROMPT_DESCRIPTION)
-    guidance_scale: float = Field(
-        default=7.5,
-        gt=0,
-        le=15,
-        title="Guidance scale",
-        description="The guidance scale of the generated image.",
-    )
+    negative_prompt: str = negative_prompt_field()
+    guidance_scale: float = guidance_field(7.5)
     image_guidance_scale: float = Field(
         default=1.5,
         gt=0,
@@ -59,23 +58,9 @@ class ImageToImageNodeInput(BaseModel):
     strength: float = Field(
         default=0.8, gt=0, le=1, title="Strength", description="The strength of the source image."
     )
-    steps: int = Field(
-        default=20,
-        gt=0,
-        le=50,
-        title="Steps",
-        description="The number of steps to take in the generated image.",
-    )
-    batch_size: int = Field(
-        default=1,
-        gt=0,
-        le=8,
-        title="Batch size",
-        description="The number of images to generate in a batch.",
-    )
-    seed: int | None = Field(
-        default=None, title="Seed", description="The seed to use for the generated image."
-    )
+    steps: int = steps_field()
+    batch_size: int = batch_size_field()
+    seed: int | None = seed_field()
     width: NonNegativeSize = Field(
         default=0, title="Width", description="The width of the generated image."
     )
@@ -89,7 +74,7 @@ class ImageToImageNodeOutput(BaseModel):
 
     model_config = seed_model_config("ImageToImageNodeOutput")
 
-    images: list[str] = Field(title="Image output")
+    images: list[str] = images_output_field()
 
 
 def target_size(source: tuple[int, int], width: int, height: int) -> tuple[int, int]:
