@@ -1,0 +1,219 @@
+"""Benchmark 1 — warm overhead: raw ``pipe(...)`` versus ``host.run("generate_image_v2")``.
+
+Both sides use the *same pipeline object* (the one the host's cache holds after a
+warm-up run), the same seed, size, steps, guidance and dtype, and the kwargs the engine
+itself passes (``bench/_common.raw_kwargs``).  Pairs are interleaved and their order
+alternates, so drift on a noisy machine hits both sides alike; the verdict is the median
+of per-pair ratios, not a ratio of means.
+
+What is compared:
+
+* denoising part: the node's ``timings["generate_ms"]`` (the engine's perf_counter around
+  its pipeline call) versus a perf_counter around the raw call (generators included on
+  both sides);
+* encode + store: ``encode_ms`` (PNG with metadata) + ``store_ms`` (commit of the staged
+  files and ``run.json``) per image, on a local-disk workspace (what a user gets by
+  default) and on ``memory://`` (the pure CPU part), as a share of the raw 20-step run.
+
+Run: ``python bench/warm_overhead.py [--quick] [--tiny | --model PATH]``
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _common as c
+
+GENERATION_TARGET = 1.02  # median host/raw ratio of the denoising part
+STORE_TARGET = 0.05  # encode + store per image, as a share of a 20-step run
+
+
+def host_run(host: Any, inputs: dict[str, Any]) -> tuple[Any, float]:
+    start = time.perf_counter()
+    result = host.run("generate_image_v2", inputs)
+    return result, (time.perf_counter() - start) * 1000
+
+
+def raw_run(pipe: Any, effective: dict[str, Any]) -> tuple[Any, float]:
+    start = time.perf_counter()
+    kwargs = c.raw_kwargs(effective)
+    out = pipe(**kwargs)
+    return out.images, (time.perf_counter() - start) * 1000
+
+
+def same_pixels(host: Any, ref: str, image: Any) -> bool:
+    """The stored PNG decodes to exactly the raw call's image: both sides did one job."""
+    from PIL import Image, ImageChops
+
+    stored = Image.open(io.BytesIO(host.workspace.read_bytes(ref))).convert("RGB")
+    return ImageChops.difference(stored, image.convert("RGB")).getbbox() is None
+
+
+def main() -> None:
+    args = c.parser(__doc__.splitlines()[0]).parse_args()
+    pairs = 3 if args.quick else 12
+    info = c.print_machine()
+    conn, label = c.model_connection(args)
+
+    from imagenodes import Host
+
+    tmp = Path(tempfile.mkdtemp(prefix="imagenodes-bench-warm-"))
+    try:
+        local = Host(workspace=tmp / "workspace", connections={"default": conn})
+        memory = Host(workspace="memory://bench-warm", connections={"default": conn})
+        memory.engine = local.engine  # one engine, one cache: one pipeline object
+        inputs = {
+            "prompt": c.PROMPT,
+            "negative_prompt": c.NEGATIVE,
+            "aspect_ratio": "1:1",
+            "steps": 20,
+            "guidance_scale": 7.5,
+            "batch_size": 1,
+            "seed": 1234,
+        }
+        for _ in range(2):  # warm-up: load, first-call allocations, both workspaces
+            first, _ = host_run(local, inputs)
+            host_run(memory, inputs)
+        pipe = c.cached_pipeline(local)
+        effective = first.effective[0]
+        raw_images, _ = raw_run(pipe, effective)
+        identical = same_pixels(local, first.outputs["images"][0], raw_images[0])
+        loads_before = local.engine.cache.loads
+
+        rows: list[list[Any]] = []
+        raw_ms: list[float] = []
+        data: dict[str, list[dict[str, float]]] = {"local": [], "memory": []}
+        for i in range(pairs):
+            order = ["raw", "local", "memory"] if i % 2 == 0 else ["memory", "local", "raw"]
+            got: dict[str, Any] = {}
+            for side in order:
+                if side == "raw":
+                    _, got["raw"] = raw_run(pipe, effective)
+                else:
+                    host = local if side == "local" else memory
+                    result, wall = host_run(host, inputs)
+                    t = result.timings
+                    got[side] = {
+                        "generate_ms": t["generate_ms"],
+                        "encode_ms": t.get("encode_ms", 0.0),
+                        "store_ms": t.get("store_ms", 0.0),
+                        "load_ms": t.get("load_ms", 0.0),
+                        "total_ms": t["total_ms"],
+                        "wall_ms": wall,
+                    }
+            raw_ms.append(got["raw"])
+            for side in ("local", "memory"):
+                row = got[side]
+                row["ratio"] = row["generate_ms"] / got["raw"]
+                row["wall_ratio"] = row["wall_ms"] / got["raw"]
+                data[side].append(row)
+            rows.append(
+                [
+                    i + 1,
+                    f"{got['raw']:.1f}",
+                    f"{got['local']['generate_ms']:.1f}",
+                    f"{got['local']['ratio']:.3f}",
+                    f"{got['memory']['generate_ms']:.1f}",
+                    f"{got['memory']['ratio']:.3f}",
+                    f"{got['local']['encode_ms']:.2f}",
+                    f"{got['local']['store_ms']:.2f}",
+                    f"{got['memory']['store_ms']:.2f}",
+                ]
+            )
+        reloaded = local.engine.cache.loads != loads_before
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    size = f"{effective['width']}x{effective['height']}"
+    print(
+        f"model: {label}; {size}, 20 steps, guidance 7.5, batch 1, "
+        f"{effective['device']} {effective['dtype']}, "
+        f"{pairs} interleaved triples (raw / host on local disk / host on memory://)"
+    )
+    print(
+        f"same pipeline object: yes; stored PNG == raw image pixel for pixel: "
+        f"{'yes' if identical else 'NO'}; reloads during the pairs: {'YES' if reloaded else 'no'}"
+    )
+    print()
+    print(
+        c.table(
+            [
+                "pair",
+                "raw ms",
+                "host gen ms (disk)",
+                "ratio",
+                "host gen ms (mem)",
+                "ratio",
+                "encode ms",
+                "store ms (disk)",
+                "store ms (mem)",
+            ],
+            rows,
+        )
+    )
+    raw_med = c.median(raw_ms)
+    summary_rows = []
+    stats: dict[str, Any] = {"raw_ms": raw_ms, "pairs": data, "machine": info, "model": label}
+    for side, name in (("local", "local disk"), ("memory", "memory://")):
+        d = data[side]
+        ratio = c.median(r["ratio"] for r in d)
+        lo, hi = c.iqr([r["ratio"] for r in d])
+        enc = c.median(r["encode_ms"] for r in d)
+        store = c.median(r["store_ms"] for r in d)
+        other = c.median(
+            r["wall_ms"] - r["generate_ms"] - r["encode_ms"] - r["store_ms"] for r in d
+        )
+        share = (enc + store) / raw_med
+        wall = c.median(r["wall_ratio"] for r in d)
+        stats[side] = {"ratio": ratio, "encode": enc, "store": store, "share": share}
+        summary_rows.append(
+            [
+                name,
+                f"{ratio:.3f} ({lo:.3f}–{hi:.3f})",
+                f"{enc:.2f}",
+                f"{store:.2f}",
+                f"{share * 100:.2f} %",
+                f"{other:.2f}",
+                f"{wall:.3f}",
+            ]
+        )
+    print()
+    print(f"median raw 20-step run: {raw_med:.1f} ms")
+    print(
+        c.table(
+            [
+                "workspace",
+                "gen ratio median (IQR)",
+                "encode ms/img",
+                "store ms/img",
+                "encode+store / raw run",
+                "other host ms",
+                "host.run wall / raw",
+            ],
+            summary_rows,
+        )
+    )
+    c.dump(args.json, stats)
+    loc, mem = stats["local"], stats["memory"]
+    gen_ok = loc["ratio"] <= GENERATION_TARGET and mem["ratio"] <= GENERATION_TARGET
+    store_ok = loc["share"] < STORE_TARGET
+    print(
+        f"SUMMARY: warm overhead [{c.verdict(gen_ok and store_ok)}]: generation host/raw median "
+        f"{loc['ratio']:.3f} (disk) / {mem['ratio']:.3f} (memory) vs target <= "
+        f"{GENERATION_TARGET} [{c.verdict(gen_ok)}]; encode+store "
+        f"{loc['encode'] + loc['store']:.2f} ms/image = {loc['share'] * 100:.2f} % of a "
+        f"{raw_med:.0f} ms 20-step run on local disk ({mem['share'] * 100:.2f} % on memory://) "
+        f"vs target < 5 % [{c.verdict(store_ok)}]"
+    )
+
+
+if __name__ == "__main__":
+    main()
