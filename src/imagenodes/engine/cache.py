@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import os
 import sys
 import threading
 import time
@@ -23,12 +22,10 @@ from typing import Any
 
 import torch
 
+from imagenodes.engine.budget import budget_from_env
 from imagenodes.engine.device import DTYPES
 from imagenodes.engine.routing import ResolvedModel
 from imagenodes.registry.errors import ConnectionError
-
-CACHE_BYTES_ENV = "IMAGENODES_CACHE_BYTES"
-DEFAULT_BUDGET = 8 * 1024**3
 
 Key = tuple[str, str, str]
 
@@ -37,18 +34,6 @@ Key = tuple[str, str, str]
 #: two threads (two hosts, or a cancelled run's load still finishing) corrupt each
 #: other with meta tensors.  Loads are rare; serialising them costs nothing warm.
 LOAD_LOCK = threading.RLock()
-
-
-def budget_from_env() -> int:
-    raw = os.environ.get(CACHE_BYTES_ENV)
-    if not raw:
-        return DEFAULT_BUDGET
-    try:
-        return int(float(raw))
-    except ValueError:
-        raise ConnectionError(
-            f"{CACHE_BYTES_ENV}={raw!r} is not a number of bytes", field=CACHE_BYTES_ENV
-        ) from None
 
 
 def pipeline_bytes(pipe: Any) -> int:
@@ -87,8 +72,9 @@ def return_freed_memory() -> None:
     bench/memory.py, evicting a 19 MiB model of the embedded model's architecture
     lowered RSS by 0.8 MiB, i.e. the budget bounded the cache's accounting but not the
     process.  ``malloc_trim(0)`` returns the free heap pages (23 MiB there; ~4 ms, and
-    only after an eviction, i.e. next to a model load).  No ``gc.collect()``: pipelines are freed by reference counting, and
-    a full collection costs ~250 ms with torch and diffusers loaded.
+    only after an eviction, i.e. next to a model load).  No ``gc.collect()``: pipelines
+    are freed by reference counting, and a full collection costs ~250 ms with torch and
+    diffusers loaded.
     """
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

@@ -8,7 +8,6 @@ at every denoising step.
 
 from __future__ import annotations
 
-import random
 import threading
 import time
 from collections.abc import Mapping
@@ -24,11 +23,9 @@ from imagenodes.engine.cache import LOAD_LOCK, CacheEntry, PipelineCache
 from imagenodes.engine.device import PRECISION_ALIASES, pick_device, pick_dtype
 from imagenodes.engine.notices import Notice
 from imagenodes.engine.profiles import IMAGE_TO_IMAGE, INSTRUCT_EDIT, ModelProfile
-from imagenodes.engine.request import GenerationRequest
+from imagenodes.engine.request import GenerationRequest, draw_seed
 from imagenodes.engine.routing import ResolvedModel, adapt, resolve
 from imagenodes.registry.errors import GenerationFailed, ImageNodesError
-
-MAX_SEED = 2**32 - 1
 
 
 class Control(Protocol):
@@ -56,10 +53,6 @@ class GenerationResult:
     pipeline_calls: int = 0
     device: str = "cpu"
     dtype: str = "float32"
-
-
-def draw_seed() -> int:
-    return random.SystemRandom().randint(0, MAX_SEED)
 
 
 def _is_oom(exc: BaseException) -> bool:

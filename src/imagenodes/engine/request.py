@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from PIL import Image
+
+MAX_SEED = 2**32 - 1
+
+
+def draw_seed() -> int:
+    """A random 32-bit seed for a request that gave none (reported back to the user)."""
+    return random.SystemRandom().randint(0, MAX_SEED)
 
 
 @dataclass

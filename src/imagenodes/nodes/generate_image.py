@@ -33,10 +33,9 @@ from pydantic import Field
 
 from imagenodes.engine import notices as nc
 from imagenodes.engine.aspect import fit_size
-from imagenodes.engine.engine import MAX_SEED
 from imagenodes.engine.notices import Notice
 from imagenodes.engine.profiles import TEXT_TO_IMAGE
-from imagenodes.engine.request import GenerationRequest
+from imagenodes.engine.request import MAX_SEED, GenerationRequest
 from imagenodes.library import stores_for
 from imagenodes.library.errors import EngineNotInitialized
 from imagenodes.nodes.common import Prompt

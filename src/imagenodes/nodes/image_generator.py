@@ -22,10 +22,9 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import ConfigDict, Field
 
-from imagenodes.engine.engine import MAX_SEED, draw_seed
 from imagenodes.engine.notices import Notice
 from imagenodes.engine.profiles import TEXT_TO_IMAGE
-from imagenodes.engine.request import GenerationRequest
+from imagenodes.engine.request import MAX_SEED, GenerationRequest, draw_seed
 from imagenodes.engine.routing import ResolvedModel
 from imagenodes.library import stores_for
 from imagenodes.library.errors import InvalidDimensions

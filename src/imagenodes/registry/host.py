@@ -16,7 +16,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
 
@@ -39,6 +39,9 @@ from imagenodes.registry.events import Event
 from imagenodes.registry.node import Node
 from imagenodes.registry.plugins import PluginHost
 from imagenodes.registry.validation import to_error
+
+if TYPE_CHECKING:
+    from imagenodes.engine.engine import Engine
 
 
 @dataclass
@@ -110,7 +113,6 @@ class Host:
         cache_bytes: int | None = None,
         storage_options: Mapping[str, Any] | None = None,
     ) -> None:
-        from imagenodes.engine.engine import Engine
         from imagenodes.workspace import Workspace
 
         self.plugins = PluginHost(load_entrypoints=load_entrypoints, plugins=plugins)
@@ -125,7 +127,13 @@ class Host:
         )
         for name, conn in (connections or {}).items():
             self.connections.add(name, conn)
-        self.engine = Engine(self.registry.profiles, cache_bytes=cache_bytes)
+        self._cache_bytes = cache_bytes
+        if cache_bytes is None:
+            from imagenodes.engine.budget import budget_from_env
+
+            budget_from_env()  # a bad IMAGENODES_CACHE_BYTES fails at construction
+        self._engine: Engine | None = None
+        self._engine_lock = threading.Lock()
         self.services: dict[str, Any] = {}
         # Workspace libraries (trainings, inference packs, sessions); cheap views.
         from imagenodes.library import InferencePackStore, SessionStore, TrainingStore
@@ -135,6 +143,22 @@ class Host:
         self.sessions = SessionStore(self.workspace)
         self._tokens: dict[str, CancelToken] = {}
         self._tokens_lock = threading.Lock()
+
+    @property
+    def engine(self) -> Engine:
+        """The diffusers engine, created on first use.
+
+        Listing the catalog, validating inputs or running a node that generates
+        nothing never imports torch (≈1.5 s), which keeps ``imagenodes nodes`` and
+        a builder's start-up fast.
+        """
+        if self._engine is None:
+            with self._engine_lock:
+                if self._engine is None:
+                    from imagenodes.engine.engine import Engine
+
+                    self._engine = Engine(self.registry.profiles, cache_bytes=self._cache_bytes)
+        return self._engine
 
     # -- catalog --------------------------------------------------------------------
     @property
