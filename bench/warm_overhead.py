@@ -49,11 +49,11 @@ def raw_run(pipe: Any, effective: dict[str, Any]) -> tuple[Any, float]:
     return out.images, (time.perf_counter() - start) * 1000
 
 
-def same_pixels(host: Any, ref: str, image: Any) -> bool:
+def same_pixels(workspace: Any, ref: str, image: Any) -> bool:
     """The stored PNG decodes to exactly the raw call's image: both sides did one job."""
     from PIL import Image, ImageChops
 
-    stored = Image.open(io.BytesIO(host.workspace.read_bytes(ref))).convert("RGB")
+    stored = Image.open(io.BytesIO(workspace.read_bytes(ref))).convert("RGB")
     return ImageChops.difference(stored, image.convert("RGB")).getbbox() is None
 
 
@@ -64,12 +64,19 @@ def main() -> None:
     conn, label = c.model_connection(args)
 
     from imagenodes import Host
+    from imagenodes.workspace import Workspace
 
     tmp = Path(tempfile.mkdtemp(prefix="imagenodes-bench-warm-"))
     try:
-        local = Host(workspace=tmp / "workspace", connections={"default": conn})
-        memory = Host(workspace="memory://bench-warm", connections={"default": conn})
-        memory.engine = local.engine  # one engine, one cache: one pipeline object
+        # One host (one engine, one cache: one pipeline object); the run's workspace is
+        # switched between a local-disk folder and memory:// before each host run.
+        host = Host(workspace=tmp / "workspace", connections={"default": conn})
+        workspaces = {"local": host.workspace, "memory": Workspace("memory://bench-warm")}
+
+        def host_on(side: str) -> Any:
+            host.workspace = workspaces[side]
+            return host
+
         inputs = {
             "prompt": c.PROMPT,
             "negative_prompt": c.NEGATIVE,
@@ -80,13 +87,13 @@ def main() -> None:
             "seed": 1234,
         }
         for _ in range(2):  # warm-up: load, first-call allocations, both workspaces
-            first, _ = host_run(local, inputs)
-            host_run(memory, inputs)
-        pipe = c.cached_pipeline(local)
+            host_run(host_on("memory"), inputs)
+            first, _ = host_run(host_on("local"), inputs)
+        pipe = c.cached_pipeline(host)
         effective = first.effective[0]
         raw_images, _ = raw_run(pipe, effective)
-        identical = same_pixels(local, first.outputs["images"][0], raw_images[0])
-        loads_before = local.engine.cache.loads
+        identical = same_pixels(workspaces["local"], first.outputs["images"][0], raw_images[0])
+        loads_before = host.engine.cache.loads
 
         rows: list[list[Any]] = []
         raw_ms: list[float] = []
@@ -98,8 +105,7 @@ def main() -> None:
                 if side == "raw":
                     _, got["raw"] = raw_run(pipe, effective)
                 else:
-                    host = local if side == "local" else memory
-                    result, wall = host_run(host, inputs)
+                    result, wall = host_run(host_on(side), inputs)
                     t = result.timings
                     got[side] = {
                         "generate_ms": t["generate_ms"],
@@ -128,7 +134,7 @@ def main() -> None:
                     f"{got['memory']['store_ms']:.2f}",
                 ]
             )
-        reloaded = local.engine.cache.loads != loads_before
+        reloaded = host.engine.cache.loads != loads_before
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
