@@ -16,11 +16,6 @@ from PIL import Image
 from imagenodes import Host, embedded_model_path
 from imagenodes.engine.shapes import COLOURS, heldout_prompts, judge, prompt_for, render
 
-pytestmark = pytest.mark.skipif(
-    not (embedded_model_path() / "model_index.json").exists(),
-    reason="embedded model not built (tools/train_embedded_model.py)",
-)
-
 
 def image(host: Host, ref: str) -> Image.Image:
     with Image.open(io.BytesIO(host.workspace.read_bytes(ref))) as im:
@@ -107,22 +102,20 @@ def test_image_to_image_strength_and_recolouring(host: Host) -> None:
     src = np.asarray(source, np.float32)
     uri = image_to_data_uri(source)
 
-    def edit(prompt: str, strength: float) -> Image.Image:
-        result = host.run(
-            "image_to_image",
-            {
-                "source_image": uri,
-                "prompt": prompt,
-                "negative_prompt": "",
-                "strength": strength,
-                "steps": 20,
-                "seed": 4,
-            },
-        )
+    def edit(prompt: str, strength: float, seed: int = 4) -> Image.Image:
+        result = host.run("image_to_image", {"source_image": uri, "prompt": prompt,
+                                             "negative_prompt": "", "strength": strength,
+                                             "steps": 20, "seed": seed})
         return image(host, result.outputs["images"][0])
 
     own = prompt_for("square", "red", "blue")
-    distances = [np.abs(np.asarray(edit(own, s), np.float32) - src).mean() for s in (0.1, 0.4, 0.8)]
+    # Averaged over seeds: at low strength the VAE round trip itself dominates the
+    # distance, so one seed's noise can swap two close strengths.
+    distances = [
+        np.mean([np.abs(np.asarray(edit(own, s, seed), np.float32) - src).mean()
+                 for seed in (4, 5, 6)])
+        for s in (0.1, 0.4, 0.8)
+    ]
     assert distances[0] < distances[1] < distances[2], distances
     recoloured = judge(edit(prompt_for("square", "yellow", "green"), 0.8))
     assert (recoloured["colour"], recoloured["background"]) == ("yellow", "green")
