@@ -1,0 +1,189 @@
+"""Evaluate the embedded default model on the 48 held-out prompts.
+
+Loads the saved folder exactly as a user would (plain
+``StableDiffusionPipeline.from_pretrained``), generates one 64x64 image per
+held-out (shape, colour, bg) combination with fixed seeds (seed = prompt index),
+20 steps, guidance 7.5, judges every image by pixels with
+``imagenodes.engine.shapes.judge`` and reports background / shape-colour /
+shape-type accuracy plus seconds per image. With ``--compare`` it also runs
+the same prompts with other schedulers (PNDM, DDIM, Euler, DPM-Solver++) for
+comparison.
+
+Usage::
+
+    .venv/bin/python tools/eval_embedded_model.py --out /tmp/eval.json --compare
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+# Before torch initialises OpenMP: on a shared 2-core machine spinning OpenMP
+# workers make 2-thread inference many times slower when other processes run.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+from imagenodes.engine import shapes  # noqa: E402
+
+DEFAULT_MODEL = REPO / "src" / "imagenodes" / "engine" / "embedded_model"
+
+
+def make_scheduler(name: str, config: dict):
+    from diffusers import (
+        DDIMScheduler,
+        DPMSolverMultistepScheduler,
+        EulerDiscreteScheduler,
+        PNDMScheduler,
+    )
+
+    cls = {
+        "pndm": PNDMScheduler,
+        "ddim": DDIMScheduler,
+        "euler": EulerDiscreteScheduler,
+        "dpmpp": DPMSolverMultistepScheduler,
+    }[name]
+    if name == "pndm":
+        # the settings of the stock Stable Diffusion v1 PNDM config
+        return cls.from_config(config, skip_prk_steps=True, set_alpha_to_one=False)
+    return cls.from_config(config)
+
+
+@torch.no_grad()
+def evaluate(pipe, steps: int, guidance: float, save_dir: Path | None, tag: str) -> dict:
+    combos = shapes.heldout_prompts()
+    rows = []
+    # warm-up (first call pays one-off allocation costs), not timed
+    pipe("a red circle on a blue background", num_inference_steps=steps, height=64, width=64)
+    load_before = os.getloadavg()[0]
+    t0, c0 = time.perf_counter(), time.process_time()
+    for i, (s, c, b) in enumerate(combos):
+        g = torch.Generator().manual_seed(i)
+        img = pipe(
+            shapes.prompt_for(s, c, b),
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            height=64,
+            width=64,
+            generator=g,
+        ).images[0]
+        j = shapes.judge(img)
+        rows.append({"shape": s, "colour": c, "bg": b, "judged": j})
+        if save_dir is not None:
+            img.save(save_dir / f"{tag}_{i:02d}_{s}_{c}_on_{b}.png")
+    sec = (time.perf_counter() - t0) / len(combos)
+    cpu = (time.process_time() - c0) / len(combos)
+    n = len(rows)
+    res = {
+        "scheduler": type(pipe.scheduler).__name__,
+        "n": n,
+        "background": sum(r["judged"]["background"] == r["bg"] for r in rows) / n,
+        "colour": sum(r["judged"]["colour"] == r["colour"] for r in rows) / n,
+        "shape": sum(r["judged"]["shape"] == r["shape"] for r in rows) / n,
+        "sec_per_image": sec,
+        # CPU seconds of this process per image (all threads): with 1 thread this
+        # is close to the wall time on an otherwise idle machine.
+        "cpu_sec_per_image": cpu,
+        "threads": torch.get_num_threads(),
+        "loadavg_1min_before_after": [load_before, os.getloadavg()[0]],
+        "failures": [
+            {k: r[k] for k in ("shape", "colour", "bg")} | {"judged": r["judged"]}
+            for r in rows
+            if (r["judged"]["background"], r["judged"]["colour"], r["judged"]["shape"])
+            != (r["bg"], r["colour"], r["shape"])
+        ],
+    }
+    return res
+
+
+@torch.no_grad()
+def timing(pipe, steps: int, guidance: float, repeats: int, per: int = 6) -> dict:
+    """Seconds per image over ``repeats`` rounds of ``per`` images: min and median.
+
+    The machine is shared; the minimum round is the best estimate of the idle
+    speed, the median of what a user sees under the current load.
+    """
+    rounds = []
+    for r in range(repeats):
+        t0 = time.perf_counter()
+        for i in range(per):
+            pipe(
+                "a red circle on a blue background",
+                num_inference_steps=steps,
+                guidance_scale=guidance,
+                height=64,
+                width=64,
+                generator=torch.Generator().manual_seed(r * per + i),
+            )
+        rounds.append((time.perf_counter() - t0) / per)
+    rounds.sort()
+    return {
+        "threads": torch.get_num_threads(),
+        "rounds": repeats,
+        "images_per_round": per,
+        "min_sec_per_image": rounds[0],
+        "median_sec_per_image": rounds[len(rounds) // 2],
+        "loadavg_1min_after": os.getloadavg()[0],
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--guidance", type=float, default=7.5)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--compare", action="store_true", help="also run other schedulers")
+    ap.add_argument("--timing-repeats", type=int, default=0, help="extra best-of-N speed rounds")
+    ap.add_argument("--save-images", type=Path, default=None)
+    ap.add_argument("--out", type=Path, default=None, help="write the JSON here too")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(args.model, torch_dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    if args.save_images is not None:
+        args.save_images.mkdir(parents=True, exist_ok=True)
+    saved = type(pipe.scheduler).__name__
+    result: dict = {
+        "model": str(args.model),
+        "steps": args.steps,
+        "guidance": args.guidance,
+        "size": "64x64",
+        "seeds": "prompt index 0..47",
+        "saved_scheduler": saved,
+        "saved": evaluate(pipe, args.steps, args.guidance, args.save_images, "saved"),
+    }
+    print(json.dumps({k: v for k, v in result["saved"].items() if k != "failures"}), flush=True)
+    if args.timing_repeats:
+        result["timing"] = timing(pipe, args.steps, args.guidance, args.timing_repeats)
+        print(json.dumps(result["timing"]), flush=True)
+    if args.compare:
+        config = dict(pipe.scheduler.config)
+        result["compare"] = {}
+        for name in ("pndm", "ddim", "euler", "dpmpp"):
+            pipe.scheduler = make_scheduler(name, config)
+            if type(pipe.scheduler).__name__ == saved:
+                continue
+            r = evaluate(pipe, args.steps, args.guidance, None, name)
+            r.pop("failures")
+            result["compare"][name] = r
+            print(json.dumps(r), flush=True)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out is not None:
+        args.out.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
