@@ -17,9 +17,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterable, Sequence
+import threading
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 REPO = Path(__file__).resolve().parents[1]
 EMBEDDED_DIR = REPO / "src" / "imagenodes" / "engine" / "embedded_model"
@@ -221,6 +224,36 @@ def raw_kwargs(effective: dict[str, Any], count: int | None = None) -> dict[str,
     if effective.get("negative_prompt") is not None:
         kwargs["negative_prompt"] = effective["negative_prompt"]
     return kwargs
+
+
+def in_fresh_thread(fn: Callable[[], T]) -> T:
+    """Run ``fn`` in a new thread and return its result — how ``Host.run`` runs a node.
+
+    Why the raw side must do the same: torch's CPU kernels run on libgomp (OpenMP), and
+    every thread that has run a parallel region keeps its own worker pool for as long
+    as it lives.  When libgomp manages more threads than there are CPUs, it switches
+    *every* team to a "throttled" spin count, so each of the thousands of small
+    parallel regions in a diffusion step sleeps and wakes through futexes.  On this
+    2-core machine that makes the same pipeline call 2.5–2.8× slower.  The host's
+    worker thread dies after each run (its pool with it), so the host never leaves a
+    pool behind — but raw calls on the benchmark's main thread would keep one alive
+    and slow every host run measured after them.  Raw calls in a fresh thread leave
+    nothing behind either, so both sides run with exactly one pool alive.
+    """
+    box: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # re-raised in the caller
+            box["error"] = exc
+
+    thread = threading.Thread(target=work, name="bench-raw")
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]  # type: ignore[no-any-return]
 
 
 def placement(conn: dict[str, Any]) -> tuple[str, str]:

@@ -15,6 +15,10 @@ What is compared:
   files and ``run.json``) per image, on a local-disk workspace (what a user gets by
   default) and on ``memory://`` (the pure CPU part), as a share of the raw 20-step run.
 
+The raw calls run in a fresh thread each, as the host runs each node: a raw call on the
+main thread would leave a libgomp worker pool alive and throttle every later host run
+(``_common.in_fresh_thread`` explains; a diagnostic table at the end shows the effect).
+
 Run: ``python bench/warm_overhead.py [--quick] [--tiny | --model PATH]``
 """
 
@@ -42,11 +46,15 @@ def host_run(host: Any, inputs: dict[str, Any]) -> tuple[Any, float]:
     return result, (time.perf_counter() - start) * 1000
 
 
-def raw_run(pipe: Any, effective: dict[str, Any]) -> tuple[Any, float]:
+def raw_call(pipe: Any, effective: dict[str, Any]) -> tuple[Any, float]:
     start = time.perf_counter()
-    kwargs = c.raw_kwargs(effective)
-    out = pipe(**kwargs)
+    out = pipe(**c.raw_kwargs(effective))
     return out.images, (time.perf_counter() - start) * 1000
+
+
+def raw_run(pipe: Any, effective: dict[str, Any]) -> tuple[Any, float]:
+    """The raw call in a fresh thread, timed inside it (see ``_common.in_fresh_thread``)."""
+    return c.in_fresh_thread(lambda: raw_call(pipe, effective))
 
 
 def same_pixels(workspace: Any, ref: str, image: Any) -> bool:
@@ -135,6 +143,13 @@ def main() -> None:
                 ]
             )
         reloaded = host.engine.cache.loads != loads_before
+        # Diagnostic, after the measured pairs: what happens once the *caller's* thread
+        # has run torch itself (a raw call on the main thread keeps a libgomp pool alive).
+        diag: dict[str, list[float]] = {"raw main thread": [], "host after": [], "raw fresh": []}
+        for _ in range(2 if args.quick else 3):
+            diag["raw main thread"].append(raw_call(pipe, effective)[1])
+            diag["host after"].append(host_run(host_on("memory"), inputs)[0].timings["generate_ms"])
+            diag["raw fresh"].append(raw_run(pipe, effective)[1])
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -207,6 +222,18 @@ def main() -> None:
             summary_rows,
         )
     )
+    print()
+    print(
+        "diagnostic — after the caller's own thread has run torch (raw call on the main "
+        "thread), two libgomp pools are alive and both sides slow down:"
+    )
+    print(
+        c.table(
+            ["after a main-thread call", "median ms", "vs raw median above"],
+            [[k, f"{c.median(v):.1f}", f"{c.median(v) / raw_med:.2f}x"] for k, v in diag.items()],
+        )
+    )
+    stats["diagnostic"] = diag
     c.dump(args.json, stats)
     loc, mem = stats["local"], stats["memory"]
     gen_ok = loc["ratio"] <= GENERATION_TARGET and mem["ratio"] <= GENERATION_TARGET

@@ -248,9 +248,15 @@ def make_unet():
         sample_size=16,
         in_channels=4,
         out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-        block_out_channels=(32, 64, 128),
+        # Two levels (16x16 and 8x8 latents), attention only at 8x8 and in the mid block.
+        # The first model used three (32/64/128, 4.1 M params): 100 % adherence but
+        # ~0.74 s per single image, over the 0.5 s target.  On this CPU the small
+        # convolutions are compute-bound, so dropping the third level and its
+        # attention cuts a UNet call to ~0.6x; global attention over the 64 tokens
+        # at 8x8 still sees the whole image, which is all a one-shape domain needs.
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        block_out_channels=(32, 64),
         layers_per_block=1,
         cross_attention_dim=64,
         attention_head_dim=8,
@@ -684,7 +690,7 @@ def main() -> None:
     ap.add_argument("--vae-batch", type=int, default=32)
     ap.add_argument("--vae-lr", type=float, default=2e-3)
     ap.add_argument("--vae-kl", type=float, default=1e-5)
-    ap.add_argument("--unet-steps", type=int, default=3000)
+    ap.add_argument("--unet-steps", type=int, default=4000)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--warmup", type=int, default=200)
