@@ -226,7 +226,7 @@ def raw_kwargs(effective: dict[str, Any], count: int | None = None) -> dict[str,
     return kwargs
 
 
-def in_fresh_thread(fn: Callable[[], T]) -> T:
+def in_fresh_thread(fn: Callable[[], T], threads: int | None = None) -> T:
     """Run ``fn`` in a new thread and return its result — how ``Host.run`` runs a node.
 
     Why the raw side must do the same: torch's CPU kernels run on libgomp (OpenMP), and
@@ -239,12 +239,18 @@ def in_fresh_thread(fn: Callable[[], T]) -> T:
     pool behind — but raw calls on the benchmark's main thread would keep one alive
     and slow every host run measured after them.  Raw calls in a fresh thread leave
     nothing behind either, so both sides run with exactly one pool alive.
+
+    ``threads``: the intra-op thread count the engine used for the same request (its
+    profile's ``cpu_threads``), so that both sides also run on the same number of cores.
     """
     box: dict[str, Any] = {}
 
     def work() -> None:
+        from imagenodes.engine.device import cpu_threads
+
         try:
-            box["value"] = fn()
+            with cpu_threads(threads):
+                box["value"] = fn()
         except BaseException as exc:  # re-raised in the caller
             box["error"] = exc
 
@@ -262,6 +268,19 @@ def placement(conn: dict[str, Any]) -> tuple[str, str]:
 
     device = pick_device(conn.get("device", "auto"))
     return device, pick_dtype(conn.get("dtype", "auto"), device)
+
+
+def engine_threads(conn: dict[str, Any]) -> int | None:
+    """The intra-op CPU threads the engine runs this connection's model with."""
+    from imagenodes.connections.local import LocalDiffusersConnection
+    from imagenodes.engine.engine import Engine
+    from imagenodes.registry.builtin import BUILTIN_PROFILES
+
+    connection = LocalDiffusersConnection(**conn)
+    if connection.cpu_threads:
+        return connection.cpu_threads
+    profiles = {p.name: p for p in BUILTIN_PROFILES}
+    return Engine(profiles).resolve(connection).profile.cpu_threads
 
 
 def cached_pipeline(host: Any) -> Any:

@@ -86,7 +86,8 @@ def main() -> None:
         # worker pool per thread that ran torch; see _common.in_fresh_thread).
         def raw_batched() -> None:
             c.in_fresh_thread(
-                lambda: pipe(**c.raw_kwargs({**eff, "num_images": N, "seed": SEED, "seeds": None}))
+                lambda: pipe(**c.raw_kwargs({**eff, "num_images": N, "seed": SEED, "seeds": None})),
+                eff.get("threads"),
             )
             calls["raw batched"] = 1
 
@@ -95,7 +96,7 @@ def main() -> None:
                 for i in range(N):
                     pipe(**c.raw_kwargs({**eff, "num_images": 1, "seed": SEED + i, "seeds": None}))
 
-            c.in_fresh_thread(run)
+            c.in_fresh_thread(run, eff.get("threads"))
             calls["raw sequential"] = N
 
         def host_sequential() -> None:

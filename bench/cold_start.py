@@ -68,6 +68,8 @@ t0 = time.perf_counter()
 cfg = json.loads(sys.argv[1])
 import torch
 from diffusers import StableDiffusionPipeline
+if cfg.get("threads"):  # the engine's thread count for this model (its profile's)
+    torch.set_num_threads(cfg["threads"])
 t1 = time.perf_counter()
 pipe = StableDiffusionPipeline.from_pretrained(cfg["model"], dtype=getattr(torch, cfg["dtype"]))
 pipe.to(cfg["device"])
@@ -124,6 +126,7 @@ def main() -> None:
     info = c.print_machine()
     conn, label = c.model_connection(args)
     device, dtype = c.placement(conn)
+    threads = c.engine_threads(conn)
     inputs = {
         "prompt": c.PROMPT,
         "negative_prompt": c.NEGATIVE,
@@ -156,6 +159,7 @@ def main() -> None:
                         "model": conn["model"],
                         "device": device,
                         "dtype": dtype,
+                        "threads": threads,
                         "inputs": inputs,
                         "size": size,
                         "png": str(tmp / f"raw-{i}.png"),
@@ -172,6 +176,7 @@ def main() -> None:
                 "model": conn["model"],
                 "device": device,
                 "dtype": dtype,
+                "threads": threads,
                 "inputs": inputs,
                 "size": size,
                 "png": str(tmp / "raw-warm.png"),

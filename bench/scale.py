@@ -60,7 +60,7 @@ def main() -> None:
         # Both sides in a fresh thread each, as Host.run runs a node: a thread that ran
         # torch keeps a libgomp pool alive and slows the other side (_common explains).
         result = c.in_fresh_thread(lambda: host.engine.generate(request(size, steps), connection))
-        eff = result.request.params()
+        eff = {**result.request.params(), "threads": result.threads}
         assert (eff["width"], eff["height"]) == (size, size), eff
         return result.timings["generate_ms"], eff
 
@@ -73,7 +73,7 @@ def main() -> None:
             pipe(**c.raw_kwargs(eff))
             return (time.perf_counter() - start) * 1000
 
-        return c.in_fresh_thread(call)
+        return c.in_fresh_thread(call, eff.get("threads"))
 
     points = sorted({(s, 20) for s in SIZES} | {(64, n) for n in STEPS})
     for size, _ in points:  # one warm-up per size (first call at a new shape allocates)

@@ -108,6 +108,8 @@ RAW_CHILD = (
     + r"""
 import torch
 from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
+if cfg.get("threads"):  # the engine's thread count for this model (its profile's)
+    torch.set_num_threads(cfg["threads"])
 pipe = StableDiffusionPipeline.from_pretrained(cfg["model"], dtype=getattr(torch, cfg["dtype"]))
 pipe.to(cfg["device"])
 pipe.set_progress_bar_config(disable=True)
@@ -151,6 +153,7 @@ def main() -> None:
     info = c.print_machine()
     conn, label = c.model_connection(args)
     device, dtype = c.placement(conn)
+    threads = c.engine_threads(conn)
     tmp = Path(tempfile.mkdtemp(prefix="imagenodes-bench-switch-"))
     hosts: list[dict[str, Any]] = []
     raws: list[dict[str, Any]] = []
@@ -170,6 +173,7 @@ def main() -> None:
                         "model": conn["model"],
                         "device": device,
                         "dtype": dtype,
+                        "threads": threads,
                         "steps": steps,
                         "prompt": c.PROMPT,
                         "size": hosts[0]["size"] if hosts else 64,

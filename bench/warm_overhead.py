@@ -54,7 +54,7 @@ def raw_call(pipe: Any, effective: dict[str, Any]) -> tuple[Any, float]:
 
 def raw_run(pipe: Any, effective: dict[str, Any]) -> tuple[Any, float]:
     """The raw call in a fresh thread, timed inside it (see ``_common.in_fresh_thread``)."""
-    return c.in_fresh_thread(lambda: raw_call(pipe, effective))
+    return c.in_fresh_thread(lambda: raw_call(pipe, effective), effective.get("threads"))
 
 
 def same_pixels(workspace: Any, ref: str, image: Any) -> bool:

@@ -8,6 +8,7 @@ negative prompts.  They run in CI on the CPU in well under a minute.
 from __future__ import annotations
 
 import io
+import json
 
 import numpy as np
 import pytest
@@ -59,6 +60,9 @@ def test_embedded_model_is_the_zero_config_default_and_small(host: Host) -> None
         },
     )
     assert host.engine.status()["loaded"][0]["profile"] == "embedded"
+    # Its profile runs it single-threaded on CPU (see docs/performance.md for why).
+    record = json.loads(host.workspace.read_bytes(result.run_json))
+    assert record["effective"][0]["threads"] == 1
     assert image(host, result.outputs["images"][0]).size == (64, 64)
 
 
@@ -103,17 +107,26 @@ def test_image_to_image_strength_and_recolouring(host: Host) -> None:
     uri = image_to_data_uri(source)
 
     def edit(prompt: str, strength: float, seed: int = 4) -> Image.Image:
-        result = host.run("image_to_image", {"source_image": uri, "prompt": prompt,
-                                             "negative_prompt": "", "strength": strength,
-                                             "steps": 20, "seed": seed})
+        result = host.run(
+            "image_to_image",
+            {
+                "source_image": uri,
+                "prompt": prompt,
+                "negative_prompt": "",
+                "strength": strength,
+                "steps": 20,
+                "seed": seed,
+            },
+        )
         return image(host, result.outputs["images"][0])
 
     own = prompt_for("square", "red", "blue")
     # Averaged over seeds: at low strength the VAE round trip itself dominates the
     # distance, so one seed's noise can swap two close strengths.
     distances = [
-        np.mean([np.abs(np.asarray(edit(own, s, seed), np.float32) - src).mean()
-                 for seed in (4, 5, 6)])
+        np.mean(
+            [np.abs(np.asarray(edit(own, s, seed), np.float32) - src).mean() for seed in (4, 5, 6)]
+        )
         for s in (0.1, 0.4, 0.8)
     ]
     assert distances[0] < distances[1] < distances[2], distances

@@ -10,8 +10,9 @@ import threading
 import numpy as np
 import pytest
 
-from imagenodes import Cancelled, GenerationTimeout, Host
+from imagenodes import Cancelled, GenerationTimeout, Host, ImageNodesError
 from imagenodes.workspace.png import read_png_metadata
+from tests.conftest import TinyProfiles
 from tests.helpers import load_ref, pixels, workspace_files
 
 BASE = {
@@ -182,3 +183,35 @@ def test_out_of_memory_retries_the_batch_in_halves(tiny_host: Host, monkeypatch)
     splits = [n for n in result.notices if n["code"] == "BATCH_SPLIT"]
     assert splits and splits[0]["requested"] == 4 and splits[0]["applied"] == 2
     assert result.pipeline_calls == 3
+
+
+def test_cpu_threads_come_from_the_connection_then_the_profile_and_are_put_back(
+    tiny_host: Host, tiny_sd, workspace_dir
+) -> None:
+    import torch
+
+    before = torch.get_num_threads()
+    default = tiny_host.run("generate_image_v2", {**BASE, "seed": 1})
+    record = json.loads(tiny_host.workspace.read_bytes(default.run_json))
+    assert record["effective"][0]["threads"] == before  # tiny-sd profile: torch's default
+    pinned = Host(
+        workspace_dir / "pinned",
+        connections={"default": {"model": str(tiny_sd), "cpu_threads": 1}},
+        plugins=[TinyProfiles()],
+    )
+    result = pinned.run("generate_image_v2", {**BASE, "seed": 1})
+    record = json.loads(pinned.workspace.read_bytes(result.run_json))
+    assert record["effective"][0]["threads"] == 1
+    assert torch.get_num_threads() == before
+
+
+def test_cpu_threads_out_of_range_is_a_connection_error(tiny_sd, workspace_dir) -> None:
+    with pytest.raises(ImageNodesError) as err:
+        Host(
+            workspace_dir,
+            connections={"default": {"model": str(tiny_sd), "cpu_threads": 0}},
+            plugins=[TinyProfiles()],
+        )
+    assert err.value.code == "CONNECTION_ERROR" and err.value.field == "cpu_threads"
+    assert "greater than or equal to 1" in str(err.value)
+    assert not workspace_dir.exists() or not any(workspace_dir.rglob("*.png"))

@@ -42,6 +42,13 @@ class LocalDiffusersConnection(Connection):
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
         default="auto", description="auto = float16 on cuda, float32 elsewhere."
     )
+    cpu_threads: int | None = Field(
+        default=None,
+        ge=1,
+        le=256,
+        description="CPU threads per pipeline call; default = the model profile's choice "
+        "(1 for the embedded model), else one per core.",
+    )
     models_dir: str | None = Field(
         default=None,
         description="Folder searched for hub ids first (models_dir/<org>/<name>), so hub "

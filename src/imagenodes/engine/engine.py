@@ -20,7 +20,7 @@ from PIL import Image
 from imagenodes.connections.local import LocalDiffusersConnection
 from imagenodes.engine import notices as nc
 from imagenodes.engine.cache import LOAD_LOCK, CacheEntry, PipelineCache
-from imagenodes.engine.device import PRECISION_ALIASES, pick_device, pick_dtype
+from imagenodes.engine.device import PRECISION_ALIASES, cpu_threads, pick_device, pick_dtype
 from imagenodes.engine.notices import Notice
 from imagenodes.engine.profiles import IMAGE_TO_IMAGE, INSTRUCT_EDIT, ModelProfile
 from imagenodes.engine.request import GenerationRequest, draw_seed
@@ -53,6 +53,8 @@ class GenerationResult:
     pipeline_calls: int = 0
     device: str = "cpu"
     dtype: str = "float32"
+    #: Intra-op CPU threads the pipeline calls ran with (None on GPUs).
+    threads: int | None = None
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -157,7 +159,13 @@ class Engine:
             )
             control.check()
             t1 = time.perf_counter()
-            images, calls, split_notices = self._run_batches(entry, effective, control)
+            threads: int | None = None
+            if device == "cpu":
+                wanted = connection.cpu_threads or resolved.profile.cpu_threads
+                with cpu_threads(wanted) as threads:
+                    images, calls, split_notices = self._run_batches(entry, effective, control)
+            else:
+                images, calls, split_notices = self._run_batches(entry, effective, control)
             timings["generate_ms"] = (time.perf_counter() - t1) * 1000
         finally:
             self.cache.release(entry)
@@ -172,6 +180,7 @@ class Engine:
             pipeline_calls=calls,
             device=device,
             dtype=dtype,
+            threads=threads,
         )
 
     def _run_batches(

@@ -49,6 +49,11 @@ class ModelProfile:
     default_model: str = ""
     #: Routing priority among profiles that claim the same class name (higher wins).
     priority: int = 0
+    #: Intra-op CPU threads for this family's pipeline calls; ``None`` = torch's
+    #: default (one per core).  Small models set 1: their thousands of tiny ops per
+    #: step gain nothing from a second core, and every parallel region then costs a
+    #: thread hand-off that turns into seconds per image when the cores are shared.
+    cpu_threads: int | None = None
     notes: str = ""
     extra: dict[str, object] = field(default_factory=dict)
 
@@ -78,6 +83,7 @@ class ModelProfile:
             "default_guidance": self.default_guidance,
             "dtypes": list(self.dtypes),
             "default_model": self.default_model,
+            "cpu_threads": self.cpu_threads,
             "notes": self.notes,
         }
 
@@ -104,6 +110,7 @@ EMBEDDED = ModelProfile(
     default_guidance=7.5,
     default_model="embedded",
     priority=100,
+    cpu_threads=1,
     notes="Trained at 64×64 only: at other sizes colours hold but shapes break down; "
     "requests above 256 px are capped to 256 on the longest side.",
 )

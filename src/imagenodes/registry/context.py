@@ -150,6 +150,7 @@ class RunContext:
                 "profile": result.model.profile.name,
                 "device": result.device,
                 "dtype": result.dtype,
+                "threads": result.threads,
             }
         )
         return result
