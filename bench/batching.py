@@ -179,7 +179,7 @@ def main() -> None:
         )
     print(
         f"model: {label}; {N} images {width}x{height}, {steps} steps, guidance 7.5, "
-        f"{eff['device']} {eff['dtype']}; "
+        f"{eff['device']} {eff['dtype']}, {eff.get('threads')} thread(s) on both sides; "
         f"{reps} repetitions, rotating order; local-disk workspace; cache loads: {loads}"
     )
     print()

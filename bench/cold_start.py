@@ -203,7 +203,9 @@ def main() -> None:
         - r["runs"][0].get("store_ms", 0.0)
         for r in host_res
     )
-    r_med = {k: c.median(r[k] for r in raw_res) for k in raw_res[0]}
+    r_med = {
+        k: c.median(r[k] for r in raw_res) for k, v in raw_res[0].items() if not isinstance(v, list)
+    }
     first_ratio = h_first / r_med["first_image_ms"]
     proc_ratio = c.median(r["process_ms"] for r in host_res) / r_med["process_ms"]
     rows = [
@@ -226,7 +228,8 @@ def main() -> None:
         ],
     ]
     print(
-        f"model: {label}; {size[0]}x{size[1]}, 20 steps, {device} {dtype}; {reps} interleaved "
+        f"model: {label}; {size[0]}x{size[1]}, 20 steps, {device} {dtype}, {threads} thread(s) "
+        f"on both sides; {reps} interleaved "
         f"pairs of fresh processes; medians in ms"
     )
     print()

@@ -93,7 +93,11 @@ def main() -> None:
         return c.median(h / r for h, r in zip(host_t[p], raw_t[p], strict=True))
 
     device, dtype = c.placement(conn)
-    print(f"model: {label}; 1 image per call, guidance 7.5, {device} {dtype}; {reps} repetitions")
+    threads = c.engine_threads(conn)
+    print(
+        f"model: {label}; 1 image per call, guidance 7.5, {device} {dtype}, {threads} thread(s) "
+        f"on both sides; {reps} repetitions"
+    )
     print()
     size_rows = []
     for i, s in enumerate(SIZES):

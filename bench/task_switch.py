@@ -188,7 +188,8 @@ def main() -> None:
     h0 = hosts[0]
     print(
         f"model: {label}; weights {h0['weights']} bytes ({c.mib(h0['weights'])} MiB) per cache "
-        f"accounting; {h0['size']}x{h0['size']}, {steps} steps, 1 image, {device} {dtype}; "
+        f"accounting; {h0['size']}x{h0['size']}, {steps} steps, 1 image, {device} {dtype}, "
+        f"{threads} thread(s); "
         f"{reps} fresh processes per side, interleaved; medians"
     )
     print(

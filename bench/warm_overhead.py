@@ -156,7 +156,8 @@ def main() -> None:
     size = f"{effective['width']}x{effective['height']}"
     print(
         f"model: {label}; {size}, 20 steps, guidance 7.5, batch 1, "
-        f"{effective['device']} {effective['dtype']}, "
+        f"{effective['device']} {effective['dtype']}, {effective.get('threads')} thread(s) "
+        "on both sides, "
         f"{pairs} interleaved triples (raw / host on local disk / host on memory://)"
     )
     print(

@@ -57,10 +57,17 @@ def test_stdio_server_end_to_end(tiny_sd: Path, tmp_path: Path) -> None:
         async with Client(server_params(tiny_sd, workspace), read_timeout_seconds=300) as client:
             seen["tools"] = (await client.list_tools()).tools
             seen["status"] = await client.call_tool("check-engine-status", {})
+            progress: list[tuple[float, float | None, str | None]] = []
+
+            async def on_progress(done: float, total: float | None, message: str | None) -> None:
+                progress.append((done, total, message))
+
             seen["image"] = await client.call_tool(
                 "generate-image",
                 {"prompt": "a red circle", "width": 48, "height": 40, "steps": 2, "seed": 7},
+                progress_callback=on_progress,
             )
+            seen["progress"] = progress
             seen["bad"] = await client.call_tool(
                 "generate-image", {"prompt": "a red circle", "width": 4096}
             )
@@ -86,6 +93,8 @@ def test_stdio_server_end_to_end(tiny_sd: Path, tmp_path: Path) -> None:
 
     result = seen["image"]
     assert result.is_error is False, result.content
+    # One progress notification per denoising step, in order, sent before the result.
+    assert seen["progress"] == [(1.0, 2.0, "step 1/2"), (2.0, 2.0, "step 2/2")]
     images = [c for c in result.content if c.type == "image"]
     assert len(images) == 1 and images[0].mime_type == "image/png"
     png = base64.b64decode(images[0].data)

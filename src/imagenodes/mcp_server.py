@@ -8,7 +8,8 @@ host's catalog, and each tool's ``inputSchema`` must be the node's own JSON Sche
   ``check-engine-status`` (:data:`TOOL_ALIASES`).
 * A call is ``host.arun`` (``Host.run`` in a worker thread), so validation, the
   node's timeout, staging and run records are exactly those of any other caller.
-  A client cancelling the request cancels the run.
+  A client cancelling the request cancels the run; a client that sends a progress
+  token gets one ``notifications/progress`` per denoising step.
 * Success: generated images as MCP ``image`` content (base64 PNG) whose ``_meta``
   carries the workspace reference (and, for generate-image, the seed's metadata),
   plus a ``text`` item and ``structuredContent`` with the outputs (image data
@@ -27,7 +28,7 @@ import base64
 import json
 import sys
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
 from imagenodes.registry.errors import ImageNodesError, InputError, UnknownNodeError
@@ -35,6 +36,7 @@ from imagenodes.registry.errors import ImageNodesError, InputError, UnknownNodeE
 if TYPE_CHECKING:
     from mcp.server.lowlevel import Server
 
+    from imagenodes.registry.events import Event
     from imagenodes.registry.host import Host, RunResult
 
 SERVER_NAME = "imagenodes"
@@ -160,14 +162,76 @@ def success_result(host: Host, node_id: str, result: RunResult) -> Any:
     return types.CallToolResult(content=content, structured_content=summary)
 
 
-async def call_tool(host: Host, name: str, arguments: dict[str, Any] | None) -> Any:
-    """Run the node behind ``name``; every failure becomes a coded tool error."""
+ProgressFn = Callable[[float, float | None, str | None], Awaitable[None]]
+
+
+class _ProgressRelay:
+    """Forwards the run's step events to the client as MCP progress notifications.
+
+    Events arrive on the run's worker thread; notifications must be sent from the
+    event loop, in order.  A queue drained by one task keeps the order (separate
+    ``run_coroutine_threadsafe`` calls would race).  ``progress`` counts denoising
+    steps over the whole run, so it only grows even when a run makes several
+    pipeline calls; ``total`` is sent only while it is known to be right.
+    """
+
+    def __init__(self, report: ProgressFn) -> None:
+        import asyncio
+
+        self._report = report
+        self._loop = asyncio.get_running_loop()
+        self._queue: asyncio.Queue[tuple[float, float | None, str] | None] = asyncio.Queue()
+        self._task = self._loop.create_task(self._drain())
+        self._done = 0
+
+    def on_event(self, event: Event) -> None:  # worker thread
+        if event.type != "step":
+            return
+        self._done += 1
+        data = event.data
+        total = data.get("total")
+        batch = data.get("batch_index", 0)
+        message = f"step {data.get('step')}/{total}"
+        if data.get("batch_size", 1) > 1 or batch:
+            message += f" (images {batch + 1}–{batch + data.get('batch_size', 1)})"
+        exact = float(total) if total and batch == 0 and self._done <= total else None
+        self._loop.call_soon_threadsafe(self._queue.put_nowait, (self._done, exact, message))
+
+    async def _drain(self) -> None:
+        while (item := await self._queue.get()) is not None:
+            try:
+                await self._report(*item)
+            except Exception:  # a gone client must not fail the run
+                return
+
+    async def close(self) -> None:
+        self._queue.put_nowait(None)
+        await self._task
+
+
+async def call_tool(
+    host: Host,
+    name: str,
+    arguments: dict[str, Any] | None,
+    report_progress: ProgressFn | None = None,
+) -> Any:
+    """Run the node behind ``name``; every failure becomes a coded tool error.
+
+    ``report_progress`` (the request context's) receives one notification per
+    denoising step; the SDK drops them when the client sent no progress token.
+    """
     import anyio
 
     run_id = uuid.uuid4().hex
+    relay = _ProgressRelay(report_progress) if report_progress is not None else None
     try:
         node_id = node_for_tool(host, name)
-        result = await host.arun(node_id, arguments or {}, run_id=run_id)
+        result = await host.arun(
+            node_id,
+            arguments or {},
+            run_id=run_id,
+            on_event=relay.on_event if relay is not None else None,
+        )
     except ImageNodesError as exc:
         return error_result(exc)
     except anyio.get_cancelled_exc_class():
@@ -177,6 +241,9 @@ async def call_tool(host: Host, name: str, arguments: dict[str, Any] | None) -> 
         return error_result(
             ImageNodesError(f"{name} failed: {type(exc).__name__}: {exc}", field=None)
         )
+    finally:
+        if relay is not None:
+            await relay.close()
     return success_result(host, node_id, result)
 
 
@@ -191,7 +258,7 @@ def build_server(host: Host) -> Server:
         return types.ListToolsResult(tools=list_tools(host))
 
     async def on_call_tool(ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
-        return await call_tool(host, params.name, params.arguments)
+        return await call_tool(host, params.name, params.arguments, ctx.session.report_progress)
 
     return Server(
         SERVER_NAME,
