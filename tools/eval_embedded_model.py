@@ -140,7 +140,9 @@ def main() -> None:
     ap.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--guidance", type=float, default=7.5)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--threads", type=int, default=1, help="intra-op threads (1 = what the engine uses)"
+    )
     ap.add_argument("--compare", action="store_true", help="also run other schedulers")
     ap.add_argument("--timing-repeats", type=int, default=0, help="extra best-of-N speed rounds")
     ap.add_argument("--save-images", type=Path, default=None)
