@@ -43,7 +43,7 @@ SEED = 100
 
 def main() -> None:
     args = c.parser(__doc__.splitlines()[0]).parse_args()
-    reps = 1 if args.quick else 3
+    reps = 1 if args.quick else 7
     steps = 5 if args.quick else 20
     info = c.print_machine()
     conn, label = c.model_connection(args)

@@ -209,11 +209,21 @@ def main() -> None:
     first_ratio = h_first / r_med["first_image_ms"]
     proc_ratio = c.median(r["process_ms"] for r in host_res) / r_med["process_ms"]
     rows = [
-        ["import", f"{h_import:.0f}", f"{r_med['import_ms']:.0f}", "host: imagenodes+torch+Host()"],
+        [
+            "import",
+            f"{h_import:.0f}",
+            f"{r_med['import_ms']:.0f}",
+            "host: imagenodes + Host(); raw: torch + diffusers",
+        ],
         ["load", f"{h('load_ms'):.0f}", f"{r_med['load_ms']:.0f}", "host: + diffusers import"],
         ["first generation", f"{h('generate_ms'):.0f}", f"{r_med['generate_ms']:.0f}", ""],
         ["encode + store", f"{h_store:.1f}", f"{r_med['save_ms']:.1f}", "raw: image.save"],
-        ["other", f"{h_other:.1f}", "–", "validation, staging, events"],
+        [
+            "other",
+            f"{h_other:.1f}",
+            "–",
+            "host: torch import (first engine use), validation, staging",
+        ],
         [
             "time to first image",
             f"{h_first:.0f}",

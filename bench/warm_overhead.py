@@ -226,7 +226,8 @@ def main() -> None:
     print()
     print(
         "diagnostic — after the caller's own thread has run torch (raw call on the main "
-        "thread), two libgomp pools are alive and both sides slow down:"
+        "thread); with 2+ threads two libgomp pools are then alive and both sides slow "
+        "down (bench/threads.py), with 1 thread there is no pool and no effect:"
     )
     print(
         c.table(

@@ -123,3 +123,35 @@ def test_bad_cache_budget_is_a_clear_error(monkeypatch, tmp_path) -> None:
     with pytest.raises(Exception) as info:
         Host(tmp_path / "ws")
     assert info.value.code == "CONNECTION_ERROR" and "IMAGENODES_CACHE_BYTES" in str(info.value)
+
+
+def test_gc_paused_nests_across_threads_and_restores_the_previous_state() -> None:
+    import gc
+    import threading
+
+    from imagenodes.engine.imports import gc_paused
+
+    assert gc.isenabled()
+    inner_started, release = threading.Event(), threading.Event()
+
+    def other() -> None:
+        with gc_paused():
+            inner_started.set()
+            release.wait(10)
+
+    with gc_paused():
+        assert not gc.isenabled()
+        worker = threading.Thread(target=other)
+        worker.start()
+        inner_started.wait(10)
+    assert not gc.isenabled()  # the other thread's pause is still open
+    release.set()
+    worker.join()
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with gc_paused():
+            pass
+        assert not gc.isenabled()  # it was off before: stays off
+    finally:
+        gc.enable()

@@ -24,6 +24,7 @@ import torch
 
 from imagenodes.engine.budget import budget_from_env
 from imagenodes.engine.device import DTYPES
+from imagenodes.engine.imports import gc_paused
 from imagenodes.engine.routing import ResolvedModel
 from imagenodes.registry.errors import ConnectionError
 
@@ -189,6 +190,11 @@ class PipelineCache:
             return_freed_memory()
 
     def _load(self, key: Key, model: ResolvedModel, dtype: str, device: str) -> CacheEntry:
+        # The first load imports diffusers, transformers and the pipeline's modules.
+        with gc_paused():
+            return self._load_pipeline(key, model, dtype, device)
+
+    def _load_pipeline(self, key: Key, model: ResolvedModel, dtype: str, device: str) -> CacheEntry:
         import diffusers
         import transformers
 

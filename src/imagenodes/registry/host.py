@@ -155,7 +155,10 @@ class Host:
         if self._engine is None:
             with self._engine_lock:
                 if self._engine is None:
-                    from imagenodes.engine.engine import Engine
+                    from imagenodes.engine.imports import gc_paused
+
+                    with gc_paused():  # imports torch: see engine/imports.py
+                        from imagenodes.engine.engine import Engine
 
                     self._engine = Engine(self.registry.profiles, cache_bytes=self._cache_bytes)
         return self._engine
