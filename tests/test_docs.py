@@ -274,3 +274,16 @@ def anchors(text: str) -> set[str]:
     for heading in re.findall(r"^#+ (.+)$", text, flags=re.M):
         out.add(re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-"))
     return out
+
+
+# -- performance.md ----------------------------------------------------------------------
+def test_performance_md_reports_every_benchmark_with_its_command_and_output() -> None:
+    """Each script under bench/ has its command, its printed table and SUMMARY line."""
+    text = read("performance.md")
+    assert "<!--" not in text and "Status:" not in text  # no unfilled placeholders
+    scripts = sorted(p.stem for p in (REPO / "bench").glob("*.py") if not p.stem.startswith("_"))
+    assert len(scripts) >= 7
+    for name in scripts:
+        assert f"python bench/{name}.py" in text, name
+    assert text.count("SUMMARY: ") >= len(scripts)
+    assert "PASS" in text and "machine" in text.lower()

@@ -33,10 +33,23 @@ class CancelToken:
     def __init__(self) -> None:
         self._event = threading.Event()
         self.reason = "cancelled"
+        self._wakers: list[threading.Event] = []
 
     def cancel(self, reason: str = "cancelled") -> None:
         self.reason = reason
         self._event.set()
+        for waker in list(self._wakers):
+            waker.set()
+
+    def add_waker(self, waker: threading.Event) -> None:
+        """Also set ``waker`` on cancellation, so a waiter needs no polling loop."""
+        self._wakers.append(waker)
+        if self.cancelled:
+            waker.set()
+
+    def remove_waker(self, waker: threading.Event) -> None:
+        if waker in self._wakers:
+            self._wakers.remove(waker)
 
     @property
     def cancelled(self) -> bool:

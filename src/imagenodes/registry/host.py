@@ -342,6 +342,10 @@ class Host:
     ) -> dict[str, Any]:
         box: dict[str, Any] = {}
         done = threading.Event()
+        # Set by the worker when it finishes and by the token when the run is cancelled:
+        # the caller's thread sleeps until one of them or the deadline.  (It used to
+        # poll every 20 ms; each wake-up takes the GIL from the worker thread.)
+        wake = threading.Event()
 
         def work() -> None:
             try:
@@ -353,17 +357,25 @@ class Host:
                 box["exc"] = exc
             finally:
                 done.set()
+                wake.set()
 
         worker = threading.Thread(target=work, name=f"imagenodes-{ctx.run_id[:8]}", daemon=True)
-        worker.start()
-        while not done.wait(0.02):
-            if token.cancelled:
-                ctx.check()
-            if deadline is not None and time.monotonic() > deadline:
-                token.cancel("timed out")
-                raise GenerationTimeout(
-                    f"run {ctx.run_id} exceeded its timeout of {timeout:g} s", field="timeout"
-                )
+        token.add_waker(wake)
+        try:
+            worker.start()
+            while not done.is_set():
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    token.cancel("timed out")
+                    raise GenerationTimeout(
+                        f"run {ctx.run_id} exceeded its timeout of {timeout:g} s", field="timeout"
+                    )
+                wake.wait(remaining)
+                if not done.is_set() and token.cancelled:
+                    ctx.check()  # raises Cancelled
+                    wake.clear()
+        finally:
+            token.remove_waker(wake)
         if "exc" in box:
             exc = box["exc"]
             if isinstance(exc, ValidationError):
