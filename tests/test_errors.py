@@ -446,3 +446,12 @@ def test_timeout_is_generation_timeout(tiny_sd: Path, ws: Path, node: str) -> No
 def test_non_positive_timeout_is_invalid_input(host: Host) -> None:
     err = run_error(host, "generate_image_v2", V2, timeout=-1)
     assert err.code == "INVALID_INPUT" and err.field == "timeout" and "> 0" in err.message
+
+
+def test_range_descriptions_name_every_bound_including_multiples() -> None:
+    from imagenodes.registry.validation import describe_range
+
+    width = {"type": "integer", "minimum": 256, "maximum": 2048, "multipleOf": 8}
+    assert describe_range(width) == "integer ≥ 256 and ≤ 2048 and a multiple of 8"
+    optional = {"anyOf": [{"type": "integer", "minimum": 1, "multipleOf": 4}, {"type": "null"}]}
+    assert describe_range(optional) == "integer/null ≥ 1 and a multiple of 4"

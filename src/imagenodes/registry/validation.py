@@ -26,7 +26,15 @@ _SHAPE_ERRORS = {
 
 
 #: JSON Schema keywords that state an allowed range or set.
-_RANGE_KEYS = ("exclusiveMinimum", "minimum", "exclusiveMaximum", "maximum", "minLength", "enum")
+_RANGE_KEYS = (
+    "exclusiveMinimum",
+    "minimum",
+    "exclusiveMaximum",
+    "maximum",
+    "multipleOf",
+    "minLength",
+    "enum",
+)
 
 
 def describe_range(prop: dict[str, Any]) -> str:
@@ -44,6 +52,8 @@ def describe_range(prop: dict[str, Any]) -> str:
         parts.append(f"< {prop['exclusiveMaximum']}")
     if "maximum" in prop:
         parts.append(f"≤ {prop['maximum']}")
+    if "multipleOf" in prop:
+        parts.append(f"a multiple of {prop['multipleOf']}")
     if "minLength" in prop:
         parts.append(f"at least {prop['minLength']} characters")
     if "enum" in prop:
