@@ -262,25 +262,28 @@ def in_fresh_thread(fn: Callable[[], T], threads: int | None = None) -> T:
     return box["value"]  # type: ignore[no-any-return]
 
 
-def placement(conn: dict[str, Any]) -> tuple[str, str]:
-    """(device, dtype) the engine picks for this connection — raw children use the same."""
-    from imagenodes.engine.device import pick_device, pick_dtype
+def placement(conn: dict[str, Any]) -> dict[str, Any]:
+    """Model, device, dtype and CPU threads the engine uses for this connection.
 
-    device = pick_device(conn.get("device", "auto"))
-    return device, pick_dtype(conn.get("dtype", "auto"), device)
-
-
-def engine_threads(conn: dict[str, Any]) -> int | None:
-    """The intra-op CPU threads the engine runs this connection's model with."""
+    Raw children load and call the pipeline with exactly these, so both sides run the
+    same weights on the same device with the same intra-op thread count.
+    """
     from imagenodes.connections.local import LocalDiffusersConnection
     from imagenodes.engine.engine import Engine
     from imagenodes.registry.builtin import BUILTIN_PROFILES
 
     connection = LocalDiffusersConnection(**conn)
-    if connection.cpu_threads:
-        return connection.cpu_threads
-    profiles = {p.name: p for p in BUILTIN_PROFILES}
-    return Engine(profiles).resolve(connection).profile.cpu_threads
+    engine = Engine({p.name: p for p in BUILTIN_PROFILES})
+    device, dtype = engine.placement(connection, None)
+    profile = engine.resolve(connection).profile
+    threads = engine.threads_for(connection, profile, device)
+    return {"model": conn["model"], "device": device, "dtype": dtype, "threads": threads}
+
+
+def describe_placement(placed: dict[str, Any]) -> str:
+    """'cpu float32, 1 thread(s)' — how the header lines of the tables name a placement."""
+    threads = placed["threads"] if placed["threads"] is not None else "default"
+    return f"{placed['device']} {placed['dtype']}, {threads} thread(s)"
 
 
 def cached_pipeline(host: Any) -> Any:

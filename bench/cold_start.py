@@ -125,8 +125,7 @@ def main() -> None:
     reps = 2 if args.quick else 7
     info = c.print_machine()
     conn, label = c.model_connection(args)
-    device, dtype = c.placement(conn)
-    threads = c.engine_threads(conn)
+    raw = c.placement(conn)  # model, device, dtype, threads for the raw children
     inputs = {
         "prompt": c.PROMPT,
         "negative_prompt": c.NEGATIVE,
@@ -156,10 +155,7 @@ def main() -> None:
                     host_res.append({**res, "process_ms": wall})
                 else:
                     cfg = {
-                        "model": conn["model"],
-                        "device": device,
-                        "dtype": dtype,
-                        "threads": threads,
+                        **raw,
                         "inputs": inputs,
                         "size": size,
                         "png": str(tmp / f"raw-{i}.png"),
@@ -173,10 +169,7 @@ def main() -> None:
         raw_warm, _ = child(
             RAW_CHILD,
             {
-                "model": conn["model"],
-                "device": device,
-                "dtype": dtype,
-                "threads": threads,
+                **raw,
                 "inputs": inputs,
                 "size": size,
                 "png": str(tmp / "raw-warm.png"),
@@ -238,7 +231,7 @@ def main() -> None:
         ],
     ]
     print(
-        f"model: {label}; {size[0]}x{size[1]}, 20 steps, {device} {dtype}, {threads} thread(s) "
+        f"model: {label}; {size[0]}x{size[1]}, 20 steps, {c.describe_placement(raw)} "
         f"on both sides; {reps} interleaved "
         f"pairs of fresh processes; medians in ms"
     )

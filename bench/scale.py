@@ -92,10 +92,9 @@ def main() -> None:
     def ratio(p: tuple[int, int]) -> float:
         return c.median(h / r for h, r in zip(host_t[p], raw_t[p], strict=True))
 
-    device, dtype = c.placement(conn)
-    threads = c.engine_threads(conn)
+    raw = c.placement(conn)
     print(
-        f"model: {label}; 1 image per call, guidance 7.5, {device} {dtype}, {threads} thread(s) "
+        f"model: {label}; 1 image per call, guidance 7.5, {c.describe_placement(raw)} "
         f"on both sides; {reps} repetitions"
     )
     print()

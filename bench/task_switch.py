@@ -152,8 +152,7 @@ def main() -> None:
     steps = 5 if args.quick else 20
     info = c.print_machine()
     conn, label = c.model_connection(args)
-    device, dtype = c.placement(conn)
-    threads = c.engine_threads(conn)
+    raw = c.placement(conn)  # model, device, dtype, threads for the raw children
     tmp = Path(tempfile.mkdtemp(prefix="imagenodes-bench-switch-"))
     hosts: list[dict[str, Any]] = []
     raws: list[dict[str, Any]] = []
@@ -170,10 +169,7 @@ def main() -> None:
                     hosts.append(child(HOST_CHILD, cfg))
                 else:
                     cfg = {
-                        "model": conn["model"],
-                        "device": device,
-                        "dtype": dtype,
-                        "threads": threads,
+                        **raw,
                         "steps": steps,
                         "prompt": c.PROMPT,
                         "size": hosts[0]["size"] if hosts else 64,
@@ -188,9 +184,8 @@ def main() -> None:
     h0 = hosts[0]
     print(
         f"model: {label}; weights {h0['weights']} bytes ({c.mib(h0['weights'])} MiB) per cache "
-        f"accounting; {h0['size']}x{h0['size']}, {steps} steps, 1 image, {device} {dtype}, "
-        f"{threads} thread(s); "
-        f"{reps} fresh processes per side, interleaved; medians"
+        f"accounting; {h0['size']}x{h0['size']}, {steps} steps, 1 image, "
+        f"{c.describe_placement(raw)}; {reps} fresh processes per side, interleaved; medians"
     )
     print(
         f"{h0['classes'][1]} shares with the {h0['classes'][0]} base: "

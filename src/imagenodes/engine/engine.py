@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -106,6 +107,18 @@ class Engine:
             dtype = "float32" if precision else dtype
         return device, PRECISION_ALIASES.get(dtype, dtype)
 
+    @staticmethod
+    def threads_for(
+        connection: LocalDiffusersConnection, profile: ModelProfile, device: str
+    ) -> int | None:
+        """Intra-op threads asked for a pipeline call: the connection's, else the family's.
+
+        ``None`` off the CPU, and on the CPU when neither sets one (torch's default).
+        """
+        if device != "cpu":
+            return None
+        return connection.cpu_threads or profile.cpu_threads
+
     # -- status ---------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
         return {
@@ -159,12 +172,9 @@ class Engine:
             )
             control.check()
             t1 = time.perf_counter()
-            threads: int | None = None
-            if device == "cpu":
-                wanted = connection.cpu_threads or resolved.profile.cpu_threads
-                with cpu_threads(wanted) as threads:
-                    images, calls, split_notices = self._run_batches(entry, effective, control)
-            else:
+            wanted = self.threads_for(connection, resolved.profile, device)
+            threads_used = cpu_threads(wanted) if device == "cpu" else nullcontext(None)
+            with threads_used as threads:
                 images, calls, split_notices = self._run_batches(entry, effective, control)
             timings["generate_ms"] = (time.perf_counter() - t1) * 1000
         finally:
