@@ -215,3 +215,37 @@ def test_cpu_threads_out_of_range_is_a_connection_error(tiny_sd, workspace_dir) 
     assert err.value.code == "CONNECTION_ERROR" and err.value.field == "cpu_threads"
     assert "greater than or equal to 1" in str(err.value)
     assert not workspace_dir.exists() or not any(workspace_dir.rglob("*.png"))
+
+
+def test_the_callers_thread_sleeps_until_the_worker_finishes(tiny_host: Host, monkeypatch) -> None:
+    """No polling loop: each wake-up of the caller's thread takes the GIL from the worker."""
+    import time
+    from types import SimpleNamespace
+
+    from imagenodes.registry import host as host_module
+
+    caller = threading.get_ident()
+    caller_waits: list[float | None] = []
+
+    class CountingEvent(threading.Event):
+        def wait(self, timeout: float | None = None) -> bool:
+            if threading.get_ident() == caller:
+                caller_waits.append(timeout)
+            return super().wait(timeout)
+
+    monkeypatch.setattr(
+        host_module,
+        "threading",
+        SimpleNamespace(Event=CountingEvent, Thread=threading.Thread),
+    )
+
+    def slow_consumer(event) -> None:  # ~0.6 s of work in the worker thread
+        if event.type == "step":
+            time.sleep(0.1)
+
+    started = time.monotonic()
+    result = tiny_host.run("generate_image_v2", {**BASE, "steps": 6}, on_event=slow_consumer)
+    assert time.monotonic() - started >= 0.6 and len(result.outputs["images"]) == 1
+    # 20 ms polling would have woken the caller ~30 times; an event wakes it once.
+    assert 1 <= len(caller_waits) <= 2, caller_waits
+    assert caller_waits[0] is None  # no timeout given: no deadline to wake up for
