@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from imagenodes import Host, embedded_model_path
-from imagenodes.engine.shapes import COLOURS, heldout_prompts, judge, prompt_for, render
+from imagenodes.engine.shapes import COLOURS, adherence, heldout_prompts, judge, prompt_for, render
 
 
 def image(host: Host, ref: str) -> Image.Image:
@@ -69,13 +69,11 @@ def test_embedded_model_is_the_zero_config_default_and_small(host: Host) -> None
 def test_prompt_adherence_on_the_held_out_prompts(host: Host) -> None:
     prompts = heldout_prompts()
     assert len(prompts) == 48
-    right = {"background": 0, "colour": 0, "shape": 0}
-    for index, (shape, colour, bg) in enumerate(prompts):
-        verdict = judge(generate(host, prompt_for(shape, colour, bg), seed=1000 + index))
-        right["background"] += verdict["background"] == bg
-        right["colour"] += verdict["colour"] == colour
-        right["shape"] += verdict["shape"] == shape
-    rates = {k: v / len(prompts) for k, v in right.items()}
+    verdicts = [
+        judge(generate(host, prompt_for(*combo), seed=1000 + index))
+        for index, combo in enumerate(prompts)
+    ]
+    rates = adherence(prompts, verdicts)
     assert rates["background"] >= 0.98, rates
     assert rates["colour"] >= 0.95, rates
     assert rates["shape"] >= 0.92, rates

@@ -21,6 +21,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 # Before torch initialises OpenMP: on a shared 2-core machine spinning OpenMP
@@ -28,6 +29,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch
+from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
@@ -58,50 +60,57 @@ def make_scheduler(name: str, config: dict):
 
 
 @torch.no_grad()
+def heldout_images(
+    pipe, seeds: list[int], steps: int = 20, guidance: float = 7.5
+) -> Iterator[tuple[tuple[str, str, str], Image.Image]]:
+    """(combo, image) for the first ``len(seeds)`` held-out prompts, one seed each.
+
+    The training script's sampler selection runs this same loop with its own seeds.
+    """
+    for combo, seed in zip(shapes.heldout_prompts(), seeds, strict=False):
+        yield (
+            combo,
+            pipe(
+                shapes.prompt_for(*combo),
+                num_inference_steps=steps,
+                guidance_scale=guidance,
+                height=64,
+                width=64,
+                generator=torch.Generator().manual_seed(seed),
+            ).images[0],
+        )
+
+
+@torch.no_grad()
 def evaluate(pipe, steps: int, guidance: float, save_dir: Path | None, tag: str) -> dict:
-    combos = shapes.heldout_prompts()
-    rows = []
+    n = len(shapes.heldout_prompts())
+    combos, verdicts, failures = [], [], []
     # warm-up (first call pays one-off allocation costs), not timed
     pipe("a red circle on a blue background", num_inference_steps=steps, height=64, width=64)
     load_before = os.getloadavg()[0]
     t0, c0 = time.perf_counter(), time.process_time()
-    for i, (s, c, b) in enumerate(combos):
-        g = torch.Generator().manual_seed(i)
-        img = pipe(
-            shapes.prompt_for(s, c, b),
-            num_inference_steps=steps,
-            guidance_scale=guidance,
-            height=64,
-            width=64,
-            generator=g,
-        ).images[0]
-        j = shapes.judge(img)
-        rows.append({"shape": s, "colour": c, "bg": b, "judged": j})
+    for i, (combo, img) in enumerate(heldout_images(pipe, list(range(n)), steps, guidance)):
+        verdict = shapes.judge(img)
+        combos.append(combo)
+        verdicts.append(verdict)
+        if (verdict["shape"], verdict["colour"], verdict["background"]) != combo:
+            shape, colour, bg = combo
+            failures.append({"shape": shape, "colour": colour, "bg": bg, "judged": verdict})
         if save_dir is not None:
+            s, c, b = combo
             img.save(save_dir / f"{tag}_{i:02d}_{s}_{c}_on_{b}.png")
-    sec = (time.perf_counter() - t0) / len(combos)
-    cpu = (time.process_time() - c0) / len(combos)
-    n = len(rows)
-    res = {
+    return {
         "scheduler": type(pipe.scheduler).__name__,
         "n": n,
-        "background": sum(r["judged"]["background"] == r["bg"] for r in rows) / n,
-        "colour": sum(r["judged"]["colour"] == r["colour"] for r in rows) / n,
-        "shape": sum(r["judged"]["shape"] == r["shape"] for r in rows) / n,
-        "sec_per_image": sec,
+        **shapes.adherence(combos, verdicts),
+        "sec_per_image": (time.perf_counter() - t0) / n,
         # CPU seconds of this process per image (all threads): with 1 thread this
         # is close to the wall time on an otherwise idle machine.
-        "cpu_sec_per_image": cpu,
+        "cpu_sec_per_image": (time.process_time() - c0) / n,
         "threads": torch.get_num_threads(),
         "loadavg_1min_before_after": [load_before, os.getloadavg()[0]],
-        "failures": [
-            {k: r[k] for k in ("shape", "colour", "bg")} | {"judged": r["judged"]}
-            for r in rows
-            if (r["judged"]["background"], r["judged"]["colour"], r["judged"]["shape"])
-            != (r["bg"], r["colour"], r["shape"])
-        ],
+        "failures": failures,
     }
-    return res
 
 
 @torch.no_grad()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import random
 from collections import deque
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -200,6 +201,23 @@ def judge(image: Image.Image | np.ndarray) -> dict[str, Any]:
     else:
         shape = "square"
     return {"background": background, "colour": colour, "shape": shape, "fill": fill}
+
+
+def adherence(
+    combos: Sequence[tuple[str, str, str]], verdicts: Sequence[dict[str, Any]]
+) -> dict[str, float]:
+    """Share of images whose judged background, shape colour and shape type match the prompt.
+
+    One scoring rule for the CI test, the training script's sampler selection and the
+    evaluation script, so the model card and the test cannot drift apart.
+    """
+    pairs = list(zip(combos, verdicts, strict=True))
+    n = len(pairs)
+    return {
+        "background": sum(v["background"] == bg for (_, _, bg), v in pairs) / n,
+        "colour": sum(v["colour"] == colour for (_, colour, _), v in pairs) / n,
+        "shape": sum(v["shape"] == shape for (shape, _, _), v in pairs) / n,
+    }
 
 
 def heldout_prompts() -> list[tuple[str, str, str]]:
