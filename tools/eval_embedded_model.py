@@ -61,7 +61,7 @@ def make_scheduler(name: str, config: dict):
 
 @torch.no_grad()
 def heldout_images(
-    pipe, seeds: list[int], steps: int = 20, guidance: float = 7.5
+    pipe, seeds: list[int], steps: int = 20, guidance: float = 7.5, size: int = 64
 ) -> Iterator[tuple[tuple[str, str, str], Image.Image]]:
     """(combo, image) for the first ``len(seeds)`` held-out prompts, one seed each.
 
@@ -113,6 +113,21 @@ def evaluate(pipe, steps: int, guidance: float, save_dir: Path | None, tag: str)
     }
 
 
+def size_check(pipe, sizes: list[int], steps: int, guidance: float, n: int = 24) -> dict:
+    """Adherence at sizes other than the native 64x64, on the first ``n`` held-out prompts.
+
+    The model card's limitations (and the ``embedded`` profile's size cap) rest on this.
+    """
+    out = {}
+    for size in sizes:
+        combos, verdicts = [], []
+        for combo, img in heldout_images(pipe, list(range(n)), steps, guidance, size):
+            combos.append(combo)
+            verdicts.append(shapes.judge(img))
+        out[f"{size}x{size}"] = shapes.adherence(combos, verdicts)
+    return out
+
+
 @torch.no_grad()
 def timing(pipe, steps: int, guidance: float, repeats: int, per: int = 6) -> dict:
     """Seconds per image over ``repeats`` rounds of ``per`` images: min and median.
@@ -154,6 +169,9 @@ def main() -> None:
     )
     ap.add_argument("--compare", action="store_true", help="also run other schedulers")
     ap.add_argument("--timing-repeats", type=int, default=0, help="extra best-of-N speed rounds")
+    ap.add_argument(
+        "--sizes", type=int, nargs="*", default=[], help="also judge these sizes (24 prompts)"
+    )
     ap.add_argument("--save-images", type=Path, default=None)
     ap.add_argument("--out", type=Path, default=None, help="write the JSON here too")
     args = ap.parse_args()
@@ -179,6 +197,9 @@ def main() -> None:
     if args.timing_repeats:
         result["timing"] = timing(pipe, args.steps, args.guidance, args.timing_repeats)
         print(json.dumps(result["timing"]), flush=True)
+    if args.sizes:
+        result["sizes"] = size_check(pipe, args.sizes, args.steps, args.guidance)
+        print(json.dumps(result["sizes"]), flush=True)
     if args.compare:
         config = dict(pipe.scheduler.config)
         result["compare"] = {}

@@ -50,6 +50,7 @@ import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(REPO / "tools"))
 
 # The held-out generation loop is shared with the evaluation script (same folder).
 from eval_embedded_model import heldout_images  # noqa: E402
