@@ -74,8 +74,8 @@ def heldout_images(
                 shapes.prompt_for(*combo),
                 num_inference_steps=steps,
                 guidance_scale=guidance,
-                height=64,
-                width=64,
+                height=size,
+                width=size,
                 generator=torch.Generator().manual_seed(seed),
             ).images[0],
         )
