@@ -72,7 +72,7 @@ def same_pixels(workspace: Any, ref: str, image: Any) -> bool:
 
 def main() -> None:
     args = c.parser(__doc__.splitlines()[0]).parse_args()
-    pairs = 3 if args.quick else 30  # the machine is bimodal (fast/slow phases): 12 was too few
+    pairs = 3 if args.quick else 60  # bimodal machine (fast/slow phases): 12 and 30 were too few
     info = c.print_machine()
     conn, label = c.model_connection(args)
     embedded = not (args.tiny or args.model)

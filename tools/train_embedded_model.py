@@ -23,7 +23,7 @@ Stages (all deterministically seeded, ``torch.set_num_threads(2)``):
 
 Usage::
 
-    .venv/bin/python tools/train_embedded_model.py            # full run (~60-70 min)
+    .venv/bin/python tools/train_embedded_model.py --threads 1   # full run (~75-80 min)
     .venv/bin/python tools/train_embedded_model.py --smoke    # minutes, end to end
 """
 
@@ -676,7 +676,7 @@ def main() -> None:
     ap.add_argument("--vae-batch", type=int, default=32)
     ap.add_argument("--vae-lr", type=float, default=2e-3)
     ap.add_argument("--vae-kl", type=float, default=1e-5)
-    ap.add_argument("--unet-steps", type=int, default=4000)
+    ap.add_argument("--unet-steps", type=int, default=5000)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--warmup", type=int, default=200)
