@@ -113,19 +113,24 @@ def evaluate(pipe, steps: int, guidance: float, save_dir: Path | None, tag: str)
     }
 
 
+def heldout_adherence(
+    pipe, seeds: list[int], steps: int = 20, guidance: float = 7.5, size: int = 64
+) -> dict[str, float]:
+    """``shapes.adherence`` of :func:`heldout_images` (the training selection uses it too)."""
+    combos, verdicts = [], []
+    for combo, img in heldout_images(pipe, seeds, steps, guidance, size):
+        combos.append(combo)
+        verdicts.append(shapes.judge(img))
+    return shapes.adherence(combos, verdicts)
+
+
 def size_check(pipe, sizes: list[int], steps: int, guidance: float, n: int = 24) -> dict:
     """Adherence at sizes other than the native 64x64, on the first ``n`` held-out prompts.
 
     The model card's limitations (and the ``embedded`` profile's size cap) rest on this.
     """
-    out = {}
-    for size in sizes:
-        combos, verdicts = [], []
-        for combo, img in heldout_images(pipe, list(range(n)), steps, guidance, size):
-            combos.append(combo)
-            verdicts.append(shapes.judge(img))
-        out[f"{size}x{size}"] = shapes.adherence(combos, verdicts)
-    return out
+    seeds = list(range(n))
+    return {f"{s}x{s}": heldout_adherence(pipe, seeds, steps, guidance, s) for s in sizes}
 
 
 @torch.no_grad()

@@ -53,7 +53,7 @@ sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "tools"))
 
 # The held-out generation loop is shared with the evaluation script (same folder).
-from eval_embedded_model import heldout_images  # noqa: E402
+from eval_embedded_model import heldout_adherence  # noqa: E402
 
 from imagenodes.engine import shapes  # noqa: E402
 
@@ -428,6 +428,9 @@ def vae_judge_check(vae, scaling: float, n_per: int, seed: int) -> dict[str, flo
     return shapes.adherence([c for c, _ in items], [shapes.judge(r) for r in rec])
 
 
+# --------------------------------------------------------------------------- stage 2: UNet + text
+
+
 def train_diffusion(args, tok, lat_mean, lat_std, labels, combos, scaling, ckpt: Path):
     unet = make_unet()
     te = make_text_encoder(tok)
@@ -535,11 +538,8 @@ def save_ckpt(path: Path, unet, te, ema_unet, ema_te, opt, step: int) -> None:
 
 def eval_pipe(pipe, seeds: list[int]) -> dict:
     """Adherence + seconds per image on the first ``len(seeds)`` held-out prompts."""
-    combos, verdicts, t0 = [], [], time.time()
-    for combo, img in heldout_images(pipe, seeds):
-        combos.append(combo)
-        verdicts.append(shapes.judge(img))
-    return shapes.adherence(combos, verdicts) | {"sec_per_image": (time.time() - t0) / len(seeds)}
+    t0 = time.time()
+    return heldout_adherence(pipe, seeds) | {"sec_per_image": (time.time() - t0) / len(seeds)}
 
 
 def fix_text_encoder_keys(te_dir: Path) -> None:
