@@ -21,8 +21,8 @@ from pydantic_core import PydanticUndefined
 
 from imagenodes import Host
 from imagenodes.connections.store import DEFAULT_NAME, ENV_FILE, ENV_PREFIX
+from imagenodes.errors import SOLUTIONS, USER_ERROR_CODES
 from imagenodes.registry import hookspecs
-from imagenodes.registry.errors import SOLUTIONS, USER_ERROR_CODES
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / "docs"

@@ -22,7 +22,7 @@ from PIL import Image
 from imagenodes import Host, ImageNodesError, hookimpl
 from imagenodes.engine.aspect import ASPECT_RATIOS
 from imagenodes.engine.profiles import TEXT_TO_IMAGE, ModelProfile
-from imagenodes.registry.errors import SOLUTIONS
+from imagenodes.errors import SOLUTIONS
 
 SEEDS = Path(__file__).parent / "seeds"
 

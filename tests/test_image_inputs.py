@@ -18,7 +18,7 @@ import fsspec
 import pytest
 from PIL import Image, ImageFile
 
-from imagenodes.registry.errors import InputError, SourceImageError
+from imagenodes.errors import InputError, SourceImageError
 from imagenodes.workspace import Workspace, image_to_data_uri, load_image
 
 FIELD = "init_image"

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imagenodes import ConnectionError, Host
+from imagenodes import ConnectionConfigError, Host
 from imagenodes.engine.aspect import ASPECT_RATIOS, aspect_table, nominal_size
 from imagenodes.engine.profiles import EMBEDDED, FLUX, SD, SDXL
 from tests.helpers import load_ref
@@ -136,7 +136,7 @@ def test_unroutable_model_names_the_class(tiny_models, tmp_path) -> None:
     index["_class_name"] = "MyVideoPipeline"
     (folder / "model_index.json").write_text(json.dumps(index))
     host = host_for(folder, tmp_path)
-    with pytest.raises(ConnectionError) as info:
+    with pytest.raises(ConnectionConfigError) as info:
         host.run("generate_image_v2", {"prompt": "x", "negative_prompt": "", "steps": 1})
     assert "MyVideoPipeline" in info.value.message and info.value.field == "model"
 
@@ -144,7 +144,7 @@ def test_unroutable_model_names_the_class(tiny_models, tmp_path) -> None:
 def test_missing_model_and_offline_hub_id_are_connection_errors(tmp_path) -> None:
     for model in (str(tmp_path / "nope"), "some-org/not-cached-model"):
         host = Host(tmp_path / "ws", connections={"default": {"model": model}})
-        with pytest.raises(ConnectionError) as info:
+        with pytest.raises(ConnectionConfigError) as info:
             host.run("generate_image_v2", {"prompt": "x", "negative_prompt": ""})
         assert model in info.value.message
 

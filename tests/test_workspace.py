@@ -12,7 +12,7 @@ import fsspec
 import pytest
 from PIL import Image
 
-from imagenodes.registry.errors import InputError, SourceImageError
+from imagenodes.errors import InputError, SourceImageError
 from imagenodes.workspace import (
     METADATA_KEY,
     Workspace,

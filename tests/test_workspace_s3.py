@@ -15,7 +15,7 @@ boto3 = pytest.importorskip("boto3")
 
 from moto.server import ThreadedMotoServer  # noqa: E402
 
-from imagenodes.registry.errors import SourceImageError  # noqa: E402
+from imagenodes.errors import SourceImageError  # noqa: E402
 from imagenodes.workspace import (  # noqa: E402
     Workspace,
     encode_png,

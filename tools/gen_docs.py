@@ -128,7 +128,7 @@ def _field_rows(schema: dict[str, Any], *, inputs: bool) -> list[str]:
 
 
 def _error_rows(cls: Any) -> list[str]:
-    from imagenodes.registry.errors import SOLUTIONS
+    from imagenodes.errors import SOLUTIONS
 
     def solution(code: str) -> str:
         return cell(cls.solutions.get(code, SOLUTIONS.get(code, "")))

@@ -9,9 +9,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from imagenodes.engine.embedded import embedded_model_path
-from imagenodes.registry.errors import (
+from imagenodes.errors import (
     Cancelled,
-    ConnectionError,
+    ConnectionConfigError,
     GenerationFailed,
     GenerationTimeout,
     ImageNodesError,
@@ -36,6 +36,16 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> Any:
+    if name == "ConnectionError":
+        import warnings
+
+        warnings.warn(
+            "imagenodes.ConnectionError is renamed ConnectionConfigError (it shadowed the "
+            "builtin ConnectionError)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return ConnectionConfigError
     # Host pulls torch/diffusers; import it lazily so `import imagenodes` in a plugin
     # pack's module (for hookimpl/Node) stays cheap.
     if name in ("Host", "RunResult"):
@@ -48,7 +58,7 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "PIXELML_CONNECTION",
     "Cancelled",
-    "ConnectionError",
+    "ConnectionConfigError",
     "ConnectionRequirement",
     "GenerationFailed",
     "GenerationTimeout",

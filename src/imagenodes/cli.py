@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
-from imagenodes.registry.errors import ImageNodesError, InputError
+from imagenodes.errors import ImageNodesError, InputError
 
 EXIT_OK, EXIT_FAILED, EXIT_USER = 0, 1, 2
 

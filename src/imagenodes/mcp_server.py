@@ -31,7 +31,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
-from imagenodes.registry.errors import ImageNodesError, InputError, UnknownNodeError
+from imagenodes.errors import ImageNodesError, InputError, UnknownNodeError
 
 if TYPE_CHECKING:
     from mcp.server.lowlevel import Server

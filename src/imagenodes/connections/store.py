@@ -26,7 +26,7 @@ import platformdirs
 from pydantic import ValidationError
 
 from imagenodes.connections.base import Connection
-from imagenodes.registry.errors import ConnectionError
+from imagenodes.errors import ConnectionConfigError
 
 ENV_FILE = "IMAGENODES_CONNECTIONS"
 ENV_PREFIX = "IMAGENODES_CONNECTION_"
@@ -63,7 +63,7 @@ class ConnectionStore:
         if path is None and env.get(ENV_FILE):
             path = Path(env[ENV_FILE])
             if not path.exists():
-                raise ConnectionError(
+                raise ConnectionConfigError(
                     f"{ENV_FILE} points at {str(path)!r}, which does not exist",
                     field=ENV_FILE,
                 )
@@ -78,12 +78,12 @@ class ConnectionStore:
         try:
             data = tomllib.loads(Path(path).read_text())
         except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise ConnectionError(
+            raise ConnectionConfigError(
                 f"cannot read connections file {str(path)!r}: {exc}", field="connections_file"
             ) from exc
         for name, body in (data.get("connections") or {}).items():
             if not isinstance(body, dict):
-                raise ConnectionError(
+                raise ConnectionConfigError(
                     f"connection {name!r} in {path} must be a table", field="connection"
                 )
             self._set_raw(name, dict(body))
@@ -123,7 +123,7 @@ class ConnectionStore:
         if name in self._resolved:
             return self._resolved[name]
         if name not in self._raw:
-            raise ConnectionError(
+            raise ConnectionConfigError(
                 f"no connection named {name!r}; configured: {', '.join(self.names()) or 'none'}",
                 field="connection",
             )
@@ -131,7 +131,7 @@ class ConnectionStore:
         type_name = body.pop("type")
         cls = self.types.get(type_name)
         if cls is None:
-            raise ConnectionError(
+            raise ConnectionConfigError(
                 f"connection {name!r} has unknown type {type_name!r}; registered types: "
                 f"{', '.join(sorted(self.types))}",
                 field="type",
@@ -140,7 +140,7 @@ class ConnectionStore:
             conn = cls.model_validate(body)
         except ValidationError as exc:
             message, field = _validation_message(name, exc)
-            raise ConnectionError(message, field=field) from None
+            raise ConnectionConfigError(message, field=field) from None
         self._resolved[name] = conn
         return conn
 
@@ -153,7 +153,7 @@ class ConnectionStore:
         if name is not None:
             conn = self.get(name)
             if conn.category != category:
-                raise ConnectionError(
+                raise ConnectionConfigError(
                     f"connection {name!r} is of category {conn.category!r}, the node needs "
                     f"{category!r}",
                     field="connection",
@@ -168,10 +168,10 @@ class ConnectionStore:
         if len(candidates) == 1:
             return self.get(candidates[0])
         if not candidates:
-            raise ConnectionError(
+            raise ConnectionConfigError(
                 f"no connection of category {category!r} is configured", field="connection"
             )
-        raise ConnectionError(
+        raise ConnectionConfigError(
             f"several connections of category {category!r} ({', '.join(candidates)}); "
             "name one explicitly",
             field="connection",
@@ -187,6 +187,6 @@ class ConnectionStore:
         for name in self.names():
             try:
                 out[name] = self.get(name).public_dict()
-            except ConnectionError as exc:
+            except ConnectionConfigError as exc:
                 out[name] = {"error": exc.message}
         return out

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from imagenodes.registry.errors import ConnectionError
+from imagenodes.errors import ConnectionConfigError
 
 CACHE_BYTES_ENV = "IMAGENODES_CACHE_BYTES"
 DEFAULT_BUDGET = 8 * 1024**3
@@ -21,7 +21,7 @@ def budget_from_env() -> int:
     try:
         return int(float(raw))
     except ValueError:
-        raise ConnectionError(
+        raise ConnectionConfigError(
             f"{CACHE_BYTES_ENV}={raw!r} is not a number of bytes", field=CACHE_BYTES_ENV
         ) from None
 

@@ -26,7 +26,7 @@ from imagenodes.engine.budget import budget_from_env
 from imagenodes.engine.device import DTYPES
 from imagenodes.engine.imports import gc_paused
 from imagenodes.engine.routing import ResolvedModel
-from imagenodes.registry.errors import ConnectionError
+from imagenodes.errors import ConnectionConfigError
 
 Key = tuple[str, str, str]
 
@@ -211,7 +211,7 @@ class PipelineCache:
             pipe = cls.from_pretrained(model.source, dtype=DTYPES[dtype])
             pipe.to(device)
         except Exception as exc:
-            raise ConnectionError(
+            raise ConnectionConfigError(
                 f"cannot load model {model.spec!r} ({model.class_name}) as {base_class}: "
                 f"{type(exc).__name__}: {exc}",
                 field="model",

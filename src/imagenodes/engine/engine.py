@@ -26,7 +26,7 @@ from imagenodes.engine.notices import Notice
 from imagenodes.engine.profiles import IMAGE_TO_IMAGE, INSTRUCT_EDIT, ModelProfile
 from imagenodes.engine.request import GenerationRequest, draw_seed
 from imagenodes.engine.routing import ResolvedModel, adapt, resolve
-from imagenodes.registry.errors import GenerationFailed, ImageNodesError
+from imagenodes.errors import GenerationFailed, ImageNodesError
 
 
 class Control(Protocol):

@@ -30,7 +30,7 @@ from imagenodes.engine.profiles import (
     ModelProfile,
 )
 from imagenodes.engine.request import GenerationRequest
-from imagenodes.registry.errors import ConnectionError, GenerationFailed
+from imagenodes.errors import ConnectionConfigError, GenerationFailed
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ def _hub_snapshot(repo_id: str, *, offline: bool, token: str | None) -> Path:
             if offline
             else (f"could not be downloaded ({type(exc).__name__})")
         )
-        raise ConnectionError(
+        raise ConnectionConfigError(
             f"model {repo_id!r} {how}; set the connection's model to a local folder or "
             "models_dir to a folder holding it",
             field="model",
@@ -96,14 +96,16 @@ def locate(
     path = Path(spec).expanduser()
     if path.is_dir():
         if not (path / "model_index.json").is_file():
-            raise ConnectionError(
+            raise ConnectionConfigError(
                 f"model folder {str(path)!r} has no model_index.json (not a diffusers pipeline)",
                 field="model",
             )
         return path
     if spec.count("/") == 1 and not spec.startswith((".", "/", "~")):
         return _hub_snapshot(spec, offline=offline, token=token)
-    raise ConnectionError(f"model {spec!r} is neither a local folder nor a hub id", field="model")
+    raise ConnectionConfigError(
+        f"model {spec!r} is neither a local folder nor a hub id", field="model"
+    )
 
 
 def read_class_name(folder: Path) -> str:
@@ -111,7 +113,7 @@ def read_class_name(folder: Path) -> str:
         data = json.loads((folder / "model_index.json").read_text())
         return str(data["_class_name"])
     except (OSError, ValueError, KeyError) as exc:
-        raise ConnectionError(
+        raise ConnectionConfigError(
             f"cannot read _class_name from {folder / 'model_index.json'}: {exc}", field="model"
         ) from None
 
@@ -152,7 +154,7 @@ def pick_profile(
 ) -> ModelProfile:
     if forced:
         if forced not in profiles:
-            raise ConnectionError(
+            raise ConnectionConfigError(
                 f"profile {forced!r} is not registered; known: {', '.join(sorted(profiles))}",
                 field="profile",
             )
@@ -169,7 +171,7 @@ def pick_profile(
     generic = auto_profile(class_name)
     if generic is not None:
         return generic
-    raise ConnectionError(
+    raise ConnectionConfigError(
         f"model {spec!r} has pipeline class {class_name!r}, which no registered model profile "
         f"and no diffusers AutoPipeline task can route; known families: "
         f"{', '.join(sorted(profiles))}",

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from imagenodes.registry.errors import ImageNodesError, InputError, UnknownNodeError
+from imagenodes.errors import ImageNodesError, InputError, UnknownNodeError
 from imagenodes.registry.events import Event
 
 #: ``$.input...``, ``$.results...``: dotted keys and [index] parts.

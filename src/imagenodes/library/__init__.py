@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from imagenodes.library.errors import (
+from imagenodes.errors import (
     EngineNotInitialized,
     InvalidDimensions,
     InvalidSession,

@@ -21,9 +21,8 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from imagenodes.library.errors import UnknownInferencePack
+from imagenodes.errors import ImageNodesError, InputError, UnknownInferencePack
 from imagenodes.library.trainings import normalize_uuid
-from imagenodes.registry.errors import ImageNodesError, InputError
 from imagenodes.workspace import Workspace
 
 PACKS_DIR = "packs"

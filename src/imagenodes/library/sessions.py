@@ -23,8 +23,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from imagenodes.library.errors import InvalidSession
-from imagenodes.registry.errors import InputError
+from imagenodes.errors import InputError, InvalidSession
 from imagenodes.workspace import Workspace
 
 SESSIONS_DIR = "sessions"

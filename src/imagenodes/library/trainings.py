@@ -23,8 +23,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from imagenodes.library.errors import UnknownTraining
-from imagenodes.registry.errors import ImageNodesError, InputError
+from imagenodes.errors import ImageNodesError, InputError, UnknownTraining
 from imagenodes.workspace import Workspace
 
 TRAININGS_DIR = "trainings"

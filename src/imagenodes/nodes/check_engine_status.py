@@ -18,8 +18,8 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from imagenodes.errors import ConnectionConfigError, ImageNodesError
 from imagenodes.registry.context import RunContext
-from imagenodes.registry.errors import ConnectionError, ImageNodesError
 from imagenodes.registry.hookspecs import hookimpl
 from imagenodes.registry.node import PIXELML_CONNECTION, Node, NodeInput, NodeOutput
 
@@ -97,7 +97,7 @@ class CheckEngineStatus(Node):
                 engine.cache.release(entry)
                 load_ms = round((time.perf_counter() - start) * 1000, 1)
                 loaded = True
-        except ConnectionError as exc:
+        except ConnectionConfigError as exc:
             error = {"code": exc.code, "message": exc.message, "field": exc.field}
         except ImageNodesError:
             raise  # cancelled / timed out while loading

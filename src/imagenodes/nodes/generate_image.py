@@ -36,11 +36,10 @@ from imagenodes.engine.aspect import fit_size
 from imagenodes.engine.notices import Notice
 from imagenodes.engine.profiles import TEXT_TO_IMAGE
 from imagenodes.engine.request import MAX_SEED, GenerationRequest
+from imagenodes.errors import ConnectionConfigError, EngineNotInitialized
 from imagenodes.library import stores_for
-from imagenodes.library.errors import EngineNotInitialized
 from imagenodes.nodes.common import Prompt
 from imagenodes.registry.context import RunContext
-from imagenodes.registry.errors import ConnectionError
 from imagenodes.registry.hookspecs import hookimpl
 from imagenodes.registry.node import PIXELML_CONNECTION, Node, NodeInput, NodeOutput
 from imagenodes.workspace import encode_png
@@ -172,7 +171,7 @@ class GenerateImage(Node):
         conn = ctx.connection()
         try:
             resolved = ctx.engine.resolve(conn)  # type: ignore[arg-type]
-        except ConnectionError as exc:
+        except ConnectionConfigError as exc:
             raise _not_initialized(exc) from None
         resolve_s = time.perf_counter() - started
 
@@ -193,7 +192,7 @@ class GenerateImage(Node):
         )
         try:
             result = ctx.generate(request)
-        except ConnectionError as exc:  # the pipeline could not be loaded
+        except ConnectionConfigError as exc:  # the pipeline could not be loaded
             raise _not_initialized(exc) from None
         resize_start = time.perf_counter()
         image = result.images[0]
@@ -277,7 +276,7 @@ class GenerateImage(Node):
         )
 
 
-def _not_initialized(exc: ConnectionError) -> EngineNotInitialized:
+def _not_initialized(exc: ConnectionConfigError) -> EngineNotInitialized:
     return EngineNotInitialized(
         f"the engine could not be initialised: {exc.message}",
         field=exc.field or "model",

@@ -26,9 +26,9 @@ from imagenodes.engine.aspect import RATIOS, fit_size, round_to_multiple
 from imagenodes.engine.notices import Notice
 from imagenodes.engine.profiles import IMAGE_TO_IMAGE, TEXT_TO_IMAGE, ModelProfile
 from imagenodes.engine.request import GenerationRequest
+from imagenodes.errors import InputError
 from imagenodes.nodes.common import SEED_FIELD_CODES, Prompt
 from imagenodes.registry.context import RunContext
-from imagenodes.registry.errors import InputError
 from imagenodes.registry.hookspecs import hookimpl
 from imagenodes.registry.node import PIXELML_CONNECTION, Node, NodeInput, NodeOutput
 

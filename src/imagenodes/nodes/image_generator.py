@@ -26,11 +26,10 @@ from imagenodes.engine.notices import Notice
 from imagenodes.engine.profiles import TEXT_TO_IMAGE
 from imagenodes.engine.request import MAX_SEED, GenerationRequest, draw_seed
 from imagenodes.engine.routing import ResolvedModel
+from imagenodes.errors import ConnectionConfigError, ImageNodesError, InputError, InvalidDimensions
 from imagenodes.library import stores_for
-from imagenodes.library.errors import InvalidDimensions
 from imagenodes.nodes.common import NEGATIVE_PROMPT_DESCRIPTION, Prompt
 from imagenodes.registry.context import RunContext
-from imagenodes.registry.errors import ConnectionError, ImageNodesError, InputError
 from imagenodes.registry.hookspecs import hookimpl
 from imagenodes.registry.node import PIXELML_CONNECTION, Node, NodeInput, NodeOutput
 
@@ -347,8 +346,8 @@ class ImageGenerator(Node):
             if item.spec not in models:
                 try:
                     models[item.spec] = ctx.engine.resolve(conn, item.spec)  # type: ignore[arg-type]
-                except ConnectionError as exc:
-                    raise ConnectionError(
+                except ConnectionConfigError as exc:
+                    raise ConnectionConfigError(
                         f"{where}: {exc.message}", field=where, details=exc.details
                     ) from None
             item.resolved = models[item.spec]

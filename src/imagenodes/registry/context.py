@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 
 from imagenodes.engine.notices import Notice
+from imagenodes.errors import Cancelled, GenerationTimeout
 from imagenodes.registry import events as ev
-from imagenodes.registry.errors import Cancelled, GenerationTimeout
 from imagenodes.registry.events import Event
 
 if TYPE_CHECKING:

@@ -22,12 +22,9 @@ from pydantic import BaseModel, ValidationError
 
 from imagenodes.connections.base import Connection
 from imagenodes.connections.store import ConnectionStore
-from imagenodes.registry import events as ev
-from imagenodes.registry.catalog import catalog_entry
-from imagenodes.registry.context import CancelToken, RunContext, emit_stored
-from imagenodes.registry.errors import (
+from imagenodes.errors import (
     Cancelled,
-    ConnectionError,
+    ConnectionConfigError,
     GenerationFailed,
     GenerationTimeout,
     ImageNodesError,
@@ -35,6 +32,9 @@ from imagenodes.registry.errors import (
     PluginError,
     UnknownNodeError,
 )
+from imagenodes.registry import events as ev
+from imagenodes.registry.catalog import catalog_entry
+from imagenodes.registry.context import CancelToken, RunContext, emit_stored
 from imagenodes.registry.events import Event
 from imagenodes.registry.node import Node
 from imagenodes.registry.plugins import PluginHost
@@ -194,7 +194,7 @@ class Host:
                 continue
             try:
                 self.connections.for_category(req.category)
-            except ConnectionError as exc:
+            except ConnectionConfigError as exc:
                 return {"available": False, "reason": exc.message}
         return {"available": True, "reason": None}
 
@@ -392,9 +392,11 @@ class Host:
         for req in cls.connections:
             try:
                 chosen[req.category] = self._connection(cls, req.category, names)
-            except ConnectionError as exc:
+            except ConnectionConfigError as exc:
                 if req.required:
-                    raise ConnectionError(f"{req.name}: {exc.message}", field=exc.field) from None
+                    raise ConnectionConfigError(
+                        f"{req.name}: {exc.message}", field=exc.field
+                    ) from None
         return chosen
 
     def _public_inputs(self, inputs: BaseModel) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
-from imagenodes.registry.errors import SOLUTIONS, ImageNodesError
+from imagenodes.errors import SOLUTIONS, ImageNodesError
 
 if TYPE_CHECKING:
     from imagenodes.registry.context import RunContext

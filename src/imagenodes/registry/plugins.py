@@ -19,8 +19,8 @@ from typing import Any
 
 import pluggy
 
+from imagenodes.errors import PluginError
 from imagenodes.registry import hookspecs
-from imagenodes.registry.errors import PluginError
 from imagenodes.registry.node import Node
 
 ENTRY_POINT_GROUP = "imagenodes"

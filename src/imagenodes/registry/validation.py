@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from imagenodes.registry.errors import ImageNodesError, InputError
+from imagenodes.errors import ImageNodesError, InputError
 
 #: pydantic error types that mean "wrong shape", which stay INVALID_INPUT.
 _SHAPE_ERRORS = {

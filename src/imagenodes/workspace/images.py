@@ -29,7 +29,7 @@ from typing import Any
 
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from imagenodes.registry.errors import InputError, SourceImageError
+from imagenodes.errors import InputError, SourceImageError
 from imagenodes.workspace.store import Workspace, _redact
 
 #: Environment override for the default pixel cap.

@@ -20,7 +20,7 @@ from typing import Any
 
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
-from imagenodes.registry.errors import InputError, SourceImageError
+from imagenodes.errors import InputError, SourceImageError
 
 #: zlib level used for every PNG the workspace writes (see module docstring).
 PNG_COMPRESS_LEVEL = 1

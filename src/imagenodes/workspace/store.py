@@ -30,7 +30,7 @@ from typing import Any, Literal
 import fsspec
 from fsspec import AbstractFileSystem
 
-from imagenodes.registry.errors import InputError, SourceImageError
+from imagenodes.errors import InputError, SourceImageError
 
 #: Environment variable naming the default workspace URL or directory.
 WORKSPACE_ENV = "IMAGENODES_WORKSPACE"

@@ -1,5 +1,8 @@
 """The error contract every failure in imagenodes goes through.
 
+A leaf module: it imports nothing of ours, so every layer (engine, workspace,
+connections, library, host, frontends) can raise these without an import cycle.
+
 Builders render errors next to the offending form field, so every error carries a
 stable ``code`` (from the seeds' error tables), the ``field`` it concerns, a message
 that names the allowed range, and the seed's "solution" text for the user.  Nothing
@@ -111,8 +114,10 @@ class UnknownNodeError(ImageNodesError):
     code = "UNKNOWN_NODE"
 
 
-class ConnectionError_(ImageNodesError):
-    """A connection is missing, invalid, or points at a model we cannot load."""
+class ConnectionConfigError(ImageNodesError):
+    """A connection is missing, invalid, or points at a model we cannot load.
+
+    Named so it cannot shadow the builtin ``ConnectionConfigError`` (a socket failure)."""
 
     code = "CONNECTION_ERROR"
 
@@ -141,20 +146,51 @@ class PluginError(ImageNodesError):
     code = "PLUGIN_ERROR"
 
 
-# Public alias without the trailing underscore; the underscore only avoids shadowing
-# the builtin inside this module.
-ConnectionError = ConnectionError_
+class UnknownTraining(ImageNodesError):
+    """A ``trainingId`` that is not registered in the workspace (or not a UUID)."""
+
+    code = "UNKNOWN_TRAINING"
+
+
+class UnknownInferencePack(ImageNodesError):
+    """An ``inferencePackId`` that names no stored pack (or is not a UUID)."""
+
+    code = "UNKNOWN_INFERENCE_PACK"
+
+
+class InvalidSession(ImageNodesError):
+    """A ``sessionId`` that was never created (or is not a valid id)."""
+
+    code = "INVALID_SESSION"
+
+
+class EngineNotInitialized(ImageNodesError):
+    """The engine cannot load the connection's model, so nothing can be generated."""
+
+    code = "ENGINE_NOT_INITIALIZED"
+
+
+class InvalidDimensions(ImageNodesError):
+    """Width/height outside what a node accepts."""
+
+    code = "INVALID_DIMENSIONS"
+
 
 __all__ = [
     "SOLUTIONS",
     "USER_ERROR_CODES",
     "Cancelled",
-    "ConnectionError",
+    "ConnectionConfigError",
+    "EngineNotInitialized",
     "GenerationFailed",
     "GenerationTimeout",
     "ImageNodesError",
     "InputError",
+    "InvalidDimensions",
+    "InvalidSession",
     "PluginError",
     "SourceImageError",
+    "UnknownInferencePack",
     "UnknownNodeError",
+    "UnknownTraining",
 ]
