@@ -4,12 +4,18 @@ result JSON on stdout, errors as JSON on stderr, a progress bar while denoising.
 from __future__ import annotations
 
 import base64
+import importlib.util
 import io
 import json
 import os
+import re
+import select
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +23,7 @@ import pytest
 from PIL import Image
 
 from imagenodes import Host
+from imagenodes.cli import ProgressDisplay
 
 BUILTINS = ("generate_image_v2", "image_to_image", "image_generation")
 TOKEN = "hf_CliSecret_9876543210zyx"
@@ -178,6 +185,7 @@ def test_run_real_generation_shows_a_progress_bar(
         "strength=1.0",  # all 2 steps run (img2img skips the first 1 - strength of them)
         "--set",
         "seed=5",
+        "--progress",  # stderr is a pipe here: without the flag it stays silent
     )
     result = result_of(proc)
     assert "2/2" in proc.stderr, proc.stderr
@@ -187,6 +195,166 @@ def test_run_real_generation_shows_a_progress_bar(
     with Image.open(ref_path(ref, ws)) as im:
         assert im.size == (64, 64)
     assert len(files_in(ws)) == 2
+
+
+EMBEDDED_SMALL = json.dumps(
+    {"prompt": "a red circle", "negative_prompt": "", "aspect_ratio": "1:1", "steps": 2, "seed": 3}
+)
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+TORCHVISION_ADVISORY = "requires torchvision"
+
+
+def run_on_a_terminal(*args: str, cwd: Path) -> tuple[int, str, str]:
+    """Run the CLI with stderr on a pseudo-terminal (as in a shell), stdout on a pipe.
+
+    Returns the exit code, stdout, and everything written to the terminal (escape
+    sequences and all).
+    """
+    pty = pytest.importorskip("pty")
+    master, slave = pty.openpty()
+    env = clean_env(cwd / "config")
+    env.update(COLUMNS="120", LINES="40", TERM="xterm-256color")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "imagenodes.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=slave,
+        stdin=subprocess.DEVNULL,
+        cwd=cwd,
+        env=env,
+    )
+    os.close(slave)
+    chunks: list[bytes] = []
+    deadline = time.monotonic() + 600
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 1.0)
+            if not ready:
+                if proc.poll() is not None:
+                    break
+                continue
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not data:
+                break
+            chunks.append(data)
+        assert proc.stdout is not None
+        out = proc.stdout.read().decode()
+        code = proc.wait(timeout=60)
+    finally:
+        os.close(master)
+        if proc.poll() is None:
+            proc.kill()
+    terminal = b"".join(chunks).decode(errors="replace")
+    assert "Traceback" not in terminal, terminal
+    return code, out, terminal
+
+
+def test_run_on_a_terminal_draws_step_bars_and_clears_them(ws: Path, tmp_path: Path) -> None:
+    code, out, terminal = run_on_a_terminal(
+        "--workspace", str(ws), "run", "generate_image_v2", "--input", EMBEDDED_SMALL, cwd=tmp_path
+    )
+    assert code == 0, terminal
+    assert json.loads(out)["seeds"] == [3]
+    text = ANSI.sub("", terminal)
+    assert "loading imagenodes/embedded-shapes" in text, terminal
+    assert "generate_image_v2 image 1" in text, terminal
+    assert "step 1/2" in text and "step 2/2" in text, terminal
+    assert re.search(r"step 2/2 \d+\.\ds eta \d+\.\ds", text), terminal
+    # Transient: the last frame is erased again (carriage return + erase line).
+    assert "\x1b[2K" in terminal[terminal.rindex("2/2") :], terminal
+    assert TORCHVISION_ADVISORY not in terminal
+
+
+def test_run_on_a_pipe_prints_no_progress_and_no_known_advisories(cli, ws: Path) -> None:
+    """Not a terminal and no --progress: stderr stays free of progress output; the
+    transformers torchvision advisories are hidden unless -v asks for them."""
+    proc = cli("--workspace", str(ws), "run", "generate_image_v2", "--input", EMBEDDED_SMALL)
+    assert result_of(proc)["seeds"] == [3]
+    for progress_text in ("step", "1/2", "2/2", "loading", "\r", "\x1b"):
+        assert progress_text not in proc.stderr, proc.stderr
+    assert TORCHVISION_ADVISORY not in proc.stderr, proc.stderr
+
+    verbose = cli(
+        "-v", "--workspace", str(ws), "run", "generate_image_v2", "--input", EMBEDDED_SMALL
+    )
+    assert result_of(verbose)["seeds"] == [3]
+    assert "step 1/2" not in ANSI.sub("", verbose.stderr)  # -v is not --progress
+    if importlib.util.find_spec("torchvision") is None:  # transformers only warns without it
+        assert "[transformers]" in verbose.stderr, verbose.stderr
+        assert f"`CLIPImageProcessor` {TORCHVISION_ADVISORY}" in verbose.stderr
+    assert "[diffusers] info:" in verbose.stderr, verbose.stderr  # -v shows INFO logs too
+
+
+def test_progress_and_quiet_are_exclusive(cli, ws: Path) -> None:
+    proc = cli("--workspace", str(ws), "run", "checkerboard", "--progress", "--quiet")
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert "not allowed with" in proc.stderr
+    assert files_in(ws) == []
+
+
+@dataclass(frozen=True)
+class Event:
+    """What the display reads of a host event (``imagenodes`` run events have these)."""
+
+    type: str
+    run_id: str
+    node: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+def step(run_id: str, batch_index: int, n: int, total: int = 4) -> Event:
+    data = {
+        "batch_index": batch_index,
+        "batch_size": 2,
+        "step": n,
+        "total": total,
+        "elapsed_s": 0.5 * n,
+        "eta_s": 0.5 * (total - n),
+    }
+    return Event("step", run_id, "generate_image_v2", data)
+
+
+def test_progress_display_keeps_one_bar_per_batch_from_worker_threads() -> None:
+    """Events of two concurrent runs (two batches each) arrive from worker threads."""
+    stream = io.StringIO()
+    with ProgressDisplay(stream, force=True) as display:
+
+        def worker(run_id: str) -> None:
+            for n in range(1, 5):
+                for batch_index in (0, 2):
+                    display(step(run_id, batch_index, n))
+
+        threads = [threading.Thread(target=worker, args=(r,)) for r in ("run-a", "run-b")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        tasks = display.progress.tasks
+        assert len(tasks) == 4
+        assert all(t.completed == t.total == 4 for t in tasks)
+        assert {t.description for t in tasks} == {
+            "generate_image_v2 images 1-2",
+            "generate_image_v2 images 3-4",
+        }
+        display(Event("run_finished", "run-a", "generate_image_v2"))
+        assert len(display.progress.tasks) == 2  # only run-a's bars are gone
+        display(Event("run_cancelled", "run-b", "generate_image_v2"))
+        assert display.progress.tasks == []
+    display(step("run-c", 0, 1))  # a late event after the command ended is ignored
+    assert display.progress.tasks == []
+    text = ANSI.sub("", stream.getvalue())
+    assert "step 4/4" in text and "images 3-4" in text
+
+
+def test_progress_display_is_silent_off_a_terminal() -> None:
+    stream = io.StringIO()
+    with ProgressDisplay(stream) as display:
+        display(Event("model_loading", "r", "generate_image_v2", {"model": "m", "profile": "sd"}))
+        display(step("r", 0, 1))
+        display(Event("run_finished", "r", "generate_image_v2"))
+    assert stream.getvalue() == ""
 
 
 def test_connections_command_masks_secrets(cli, ws: Path, tmp_path: Path) -> None:

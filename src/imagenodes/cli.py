@@ -2,18 +2,34 @@
 
 Exit codes: 0 ok, 2 for input/connection errors (the caller can fix them), 1 for
 anything else.  Errors go to stderr as JSON so scripts can branch on ``code``; the
-result JSON goes to stdout; a progress bar goes to stderr while denoising.
+result JSON goes to stdout.  While denoising, progress bars go to stderr when it is a
+terminal (``--progress`` forces them, ``--quiet`` turns them off).  Library warnings
+and logs go to stderr through :mod:`logging`; advisories known to be harmless are
+hidden unless ``-v`` is given, and ``-v`` also shows INFO logs (``-vv`` DEBUG).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import importlib.abc
+import importlib.machinery
 import json
+import logging
+import re
 import sys
-from collections.abc import Callable, Sequence
-from typing import Any, TextIO
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, TextIO
 
 from imagenodes.errors import ImageNodesError, InputError
+
+if TYPE_CHECKING:
+    from rich.progress import ProgressColumn, TaskID
+
+    from imagenodes import Host
 
 EXIT_OK, EXIT_FAILED, EXIT_USER = 0, 1, 2
 
@@ -60,46 +76,176 @@ def read_inputs(spec: str | None, sets: Sequence[str], stdin: TextIO) -> dict[st
     return data
 
 
-class ProgressBar:
-    """A one-line denoising bar on stderr; quiet when stderr is not a terminal-like
-    stream the user asked for (``--quiet``)."""
+@functools.cache
+def _step_times_column() -> type[ProgressColumn]:
+    """The bar's time column class; made on first use so that commands which never
+    draw a bar (``nodes``, ``schema``, ``mcp``) do not import rich.progress."""
+    from rich.progress import ProgressColumn, Task
+    from rich.text import Text
 
-    def __init__(self, stream: TextIO, width: int = 30) -> None:
-        self.stream = stream
-        self.width = width
-        self.active = False
+    class StepTimesColumn(ProgressColumn):
+        """Elapsed time and ETA of one batch, from the engine's own step timings.
+
+        Rich's time columns would start counting when the bar appears (after the first
+        step) and estimate the ETA from too few samples; the engine measures from the
+        start of denoising.  Between step events both values keep moving (elapsed up,
+        ETA down) so a slow step on a CPU does not look like a hang.
+        """
+
+        def render(self, task: Task) -> Text:
+            fields = task.fields
+            since = 0.0 if task.finished else time.monotonic() - fields["at"]
+            elapsed = fields["elapsed_s"] + since
+            eta = max(0.0, fields["eta_s"] - since)
+            return Text(f"{_seconds(elapsed)} eta {_seconds(eta)}", style="progress.remaining")
+
+    return StepTimesColumn
+
+
+def _seconds(value: float) -> str:
+    """``4.2s`` under a minute, ``3:07`` above: short enough for a bar's tail."""
+    if value < 60:
+        return f"{value:.1f}s"
+    minutes, secs = divmod(int(value), 60)
+    return (
+        f"{minutes}:{secs:02d}"
+        if minutes < 60
+        else f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}"
+    )
+
+
+class ProgressDisplay:
+    """Denoising progress on stderr: one rich bar per batch, keyed by node, run and
+    batch, with the step count, elapsed time and ETA.
+
+    A run's bars disappear when it finishes, fails or is cancelled (the result JSON on
+    stdout is what stays); the ``loading <model>…`` line stays.  On a stream that is not
+    a terminal (a pipe, a log file) nothing is written unless ``force`` is set
+    (``--progress``), because redraw sequences in a captured stream are noise; ``force``
+    draws the bars anyway, for tools that show a captured stream as a terminal would.
+
+    The host calls the instance with its events, possibly from a worker thread, so the
+    batch-to-task map is guarded by a lock (rich's :class:`~rich.progress.Progress` has
+    its own).  Use it as a context manager: leaving the block takes the bars down even
+    when the run raised.
+    """
+
+    def __init__(self, stream: TextIO, *, force: bool = False) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+        is_tty = bool(getattr(stream, "isatty", None) and stream.isatty())
+        self.enabled = force or is_tty
+        self.console = Console(file=stream, force_terminal=True if force else None)
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("step"),
+            MofNCompleteColumn(),
+            _step_times_column()(),
+            console=self.console,
+            transient=True,
+            # stdout carries the result JSON: never reroute it to the bars' stream.
+            redirect_stdout=False,
+        )
+        self._lock = threading.Lock()
+        self._tasks: dict[tuple[str, str, int], TaskID] = {}
+        self._started = False
+        self._closed = False
+
+    def __enter__(self) -> ProgressDisplay:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Take the bars down and give the terminal back (idempotent)."""
+        with self._lock:
+            self._closed = True
+            self._tasks.clear()
+            if self._started:
+                self.progress.stop()
+                self._started = False
 
     def __call__(self, event: Any) -> None:
+        if not self.enabled:
+            return
         if event.type == "step":
-            d = event.data
-            filled = int(self.width * d["step"] / max(1, d["total"]))
-            bar = "#" * filled + "-" * (self.width - filled)
-            self.stream.write(
-                f"\r{event.node} batch {d['batch_index']}: [{bar}] {d['step']}/{d['total']} "
-                f"{d['elapsed_s']:.1f}s eta {d['eta_s']:.1f}s"
+            self._step(event)
+        elif event.type in ("run_finished", "run_failed", "run_cancelled"):
+            self._end_run(event.run_id)
+        elif event.type == "model_loading" and not self._closed:
+            # Printed above the bars while they are live, as a plain line otherwise.
+            self.console.print(f"loading {event.data.get('model')}…", markup=False, highlight=False)
+
+    def _step(self, event: Any) -> None:
+        d = event.data
+        key = (event.node, event.run_id, int(d["batch_index"]))
+        elapsed_s, eta_s = float(d["elapsed_s"]), float(d["eta_s"])
+        with self._lock:
+            if self._closed:  # a worker still stepping after the command gave up on it
+                return
+            if not self._started:
+                # Started on the first step, not before: a run without denoising steps
+                # (a checkerboard, a cached result) never takes the terminal over.
+                self.progress.start()
+                self._started = True
+            now = time.monotonic()
+            task = self._tasks.get(key)
+            if task is None:
+                task = self._tasks[key] = self.progress.add_task(
+                    _batch_label(event.node, d),
+                    total=d["total"],
+                    completed=d["step"],
+                    elapsed_s=elapsed_s,
+                    eta_s=eta_s,
+                    at=now,
+                )
+            # Refreshed on every step so each one is drawn, also when steps outpace the
+            # display's own refresh rate.
+            self.progress.update(
+                task,
+                completed=d["step"],
+                total=d["total"],
+                refresh=True,
+                elapsed_s=elapsed_s,
+                eta_s=eta_s,
+                at=now,
             )
-            self.stream.flush()
-            self.active = True
-        elif event.type in ("model_loading", "run_finished", "run_failed", "run_cancelled"):
-            if self.active:
-                self.stream.write("\n")
-                self.active = False
-            if event.type == "model_loading":
-                self.stream.write(f"loading {event.data.get('model')}…\n")
-                self.stream.flush()
+
+    def _end_run(self, run_id: str) -> None:
+        with self._lock:
+            for key in [k for k in self._tasks if k[1] == run_id]:
+                self.progress.remove_task(self._tasks.pop(key))
 
 
-def _host(args: argparse.Namespace) -> Any:
-    from imagenodes.registry.host import Host
+def _batch_label(node: str, data: dict[str, Any]) -> str:
+    """``generate_image_v2 images 1-4``: which of the run's images a bar denoises."""
+    first = int(data["batch_index"]) + 1
+    count = int(data.get("batch_size") or 1)
+    return f"{node} image {first}" if count == 1 else f"{node} images {first}-{first + count - 1}"
+
+
+def open_host(args: argparse.Namespace) -> Host:
+    """The :class:`~imagenodes.Host` a command works on, from the global ``--workspace``
+    and ``--connections`` flags.
+
+    Every sub-command module (flows, trainings/packs/sessions, MCP, and third-party
+    ``add_commands`` installers) opens its host through this one function, so the flags
+    mean the same everywhere.  Imported lazily: building the parser and ``--help`` must
+    not pay for the registry and plugin discovery.
+    """
+    from imagenodes import Host
 
     return Host(args.workspace, connections_file=args.connections)
 
 
 def cmd_nodes(args: argparse.Namespace, out: TextIO) -> int:
-    host = _host(args)
+    host = open_host(args)
     entries = host.catalog()
     if args.json:
-        json.dump({"nodes": entries, "packs": host.packs()}, out, indent=2)
+        json.dump({"nodes": entries, "packs": host.plugin_packs()}, out, indent=2)
         out.write("\n")
         return EXIT_OK
     rows = [("ID", "VERSION", "CATEGORY", "AVAILABLE", "TITLE")]
@@ -109,7 +255,7 @@ def cmd_nodes(args: argparse.Namespace, out: TextIO) -> int:
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     for r in rows:
         out.write("  ".join(r[i].ljust(widths[i]) for i in range(4)) + "  " + r[4] + "\n")
-    for pack in host.packs():
+    for pack in host.plugin_packs():
         if pack["status"] != "available":
             out.write(f"\npack {pack['name']} is {pack['status']}: {pack['reason']}")
     out.write("\n")
@@ -117,7 +263,7 @@ def cmd_nodes(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_schema(args: argparse.Namespace, out: TextIO) -> int:
-    host = _host(args)
+    host = open_host(args)
     cls = host.node(args.node)
     entry = next(e for e in host.catalog() if e["id"] == cls.id)
     json.dump(entry, out, indent=2)
@@ -127,22 +273,206 @@ def cmd_schema(args: argparse.Namespace, out: TextIO) -> int:
 
 def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
     inputs = read_inputs(args.input, args.set or [], sys.stdin)
-    host = _host(args)
-    bar = None if args.quiet else ProgressBar(sys.stderr)
+    host = open_host(args)
     conns = dict(item.split("=", 1) for item in args.connection or [])
-    result = host.run(
-        args.node, inputs, on_event=bar, timeout=args.timeout, connections=conns or None
-    )
+    with progress_display(args) as bar:
+        result = host.run(
+            args.node, inputs, on_event=bar, timeout=args.timeout, connections=conns or None
+        )
     json.dump(result.to_dict(), out, indent=2)
     out.write("\n")
     return EXIT_OK
 
 
 def cmd_connections(args: argparse.Namespace, out: TextIO) -> int:
-    host = _host(args)
+    host = open_host(args)
     json.dump(host.connections.public(), out, indent=2)
     out.write("\n")
     return EXIT_OK
+
+
+def add_progress_flags(parser: argparse.ArgumentParser) -> None:
+    """``--progress`` / ``--quiet`` for a command that denoises (``run``, ``flow run``).
+
+    Mutually exclusive: asking for both is a mistake worth an error, not a guess.
+    """
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "--progress",
+        action="store_true",
+        help="draw progress bars on stderr even when it is not a terminal",
+    )
+    group.add_argument("--quiet", "-q", action="store_true", help="no progress output")
+
+
+def progress_display(args: argparse.Namespace) -> ProgressDisplay:
+    """The progress handler the flags of :func:`add_progress_flags` ask for."""
+    display = ProgressDisplay(sys.stderr, force=getattr(args, "progress", False))
+    if getattr(args, "quiet", False):
+        display.enabled = False
+    return display
+
+
+# -- library logging -------------------------------------------------------------------
+#: Advisories that are harmless for what imagenodes does, hidden unless ``-v``: the
+#: logger (prefix) that emits them and a pattern of their text.  transformers warns once
+#: per image-processor class when torchvision is missing (diffusers' pipeline modules
+#: import ``CLIPImageProcessor`` and ``SiglipImageProcessor``) and falls back to the
+#: PIL processors, which is what the engine wants anyway: it never needs torchvision.
+KNOWN_HARMLESS: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("transformers", re.compile(r"requires torchvision \(not installed\); falling back to")),
+)
+
+#: Library root loggers that come with a handler of their own: the handler is removed
+#: and records propagate to the root handler, where the filter and ``-v`` apply.
+#: transformers and diffusers install theirs lazily, so their ``disable_default_handler``
+#: (which installs it first) is used; huggingface_hub installs its one at import time.
+_OWN_HANDLER_LIBRARIES = {
+    "transformers.utils.logging": "transformers",
+    "diffusers.utils.logging": "diffusers",
+    "huggingface_hub.utils.logging": "huggingface_hub",
+}
+
+_log_level = logging.WARNING
+
+
+class KnownHarmlessFilter(logging.Filter):
+    """Drops the records :data:`KNOWN_HARMLESS` lists; every other warning passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for prefix, pattern in KNOWN_HARMLESS:
+            from_it = record.name == prefix or record.name.startswith(prefix + ".")
+            if from_it and pattern.search(record.getMessage()):
+                return False
+        return True
+
+
+class _LibraryFormatter(logging.Formatter):
+    """``[transformers] message``: the library's name, as transformers itself prints it,
+    and the level when it is not a warning."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        lib = "warnings" if record.name == "py.warnings" else record.name.split(".")[0]
+        level = "" if record.levelno == logging.WARNING else f"{record.levelname.lower()}: "
+        # rstrip: a captured warning arrives formatted with its own trailing newline.
+        return f"[{lib}] {level}{super().format(record).rstrip()}"
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record comes: while the progress bars
+    are live, rich puts a proxy there that prints above them, and a test harness may
+    have swapped stderr since the handler was made."""
+
+    def __init__(self) -> None:
+        logging.Handler.__init__(self)
+
+    @property
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: TextIO) -> None:  # StreamHandler.setStream; nothing to keep
+        pass
+
+
+class _AfterImport(importlib.abc.MetaPathFinder):
+    """Calls ``hooks[name](module)`` right after module ``name`` has been executed.
+
+    Python has no post-import hooks, and importing transformers or diffusers up front
+    to reconfigure their logging would cost seconds (diffusers pulls torch) on commands
+    that never touch a model; so the libraries are reconfigured the moment they load,
+    before any of their code can log.
+    """
+
+    def __init__(self, hooks: Mapping[str, Callable[[ModuleType], None]]) -> None:
+        self.hooks = hooks
+
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
+    ) -> importlib.machinery.ModuleSpec | None:
+        hook = self.hooks.get(fullname)
+        if hook is None:
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(fullname, path, target)
+            if spec is not None:
+                break
+        else:
+            return None
+        loader = spec.loader
+        exec_module = getattr(loader, "exec_module", None)
+        if loader is None or exec_module is None:
+            return spec
+
+        def exec_then_hook(module: ModuleType) -> None:
+            exec_module(module)
+            hook(module)
+
+        # A path finder makes a new loader per module: patching it touches only this one.
+        loader.exec_module = exec_then_hook  # type: ignore[method-assign]
+        return spec
+
+
+def _adopt_library_logging(module: ModuleType) -> None:
+    """Route one library's logs to the root logger (see :data:`_OWN_HANDLER_LIBRARIES`).
+
+    Never raises: a change in a library's logging helpers must not break its import.
+    """
+    name = _OWN_HANDLER_LIBRARIES.get(module.__name__)
+    if name is None:
+        return
+    try:
+        if hasattr(module, "disable_default_handler"):
+            module.disable_default_handler()
+            module.enable_propagation()
+        else:
+            logger = logging.getLogger(name)
+            for handler in list(logger.handlers):
+                if type(handler) is logging.StreamHandler:
+                    logger.removeHandler(handler)
+            logger.propagate = True
+        if _log_level < logging.WARNING:
+            logging.getLogger(name).setLevel(_log_level)
+    except Exception:
+        logging.getLogger(__name__).debug("could not reroute %s logging", name, exc_info=True)
+
+
+def configure_logging(verbosity: int = 0) -> None:
+    """One stderr handler on the root logger for every library's warnings and logs.
+
+    ``logging.captureWarnings`` sends :mod:`warnings` there too.  With verbosity 0 the
+    root level is WARNING and :class:`KnownHarmlessFilter` hides the known advisories;
+    1 shows everything from INFO up, 2 from DEBUG.  Safe to call again (``main`` may run
+    several times in one process): the handler, filter and import hook are set up once
+    and re-tuned.
+    """
+    global _log_level
+    _log_level = (
+        logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
+    )
+    root = logging.getLogger()
+    handler = next((h for h in root.handlers if isinstance(h, _StderrHandler)), None)
+    if handler is None:
+        handler = _StderrHandler()
+        handler.setFormatter(_LibraryFormatter())
+        root.addHandler(handler)
+    for old in [f for f in handler.filters if isinstance(f, KnownHarmlessFilter)]:
+        handler.removeFilter(old)
+    if verbosity <= 0:
+        handler.addFilter(KnownHarmlessFilter())
+    # On the handler too: a library logger left at INFO by an earlier ``-v`` call in
+    # this process would otherwise still get its INFO records through.
+    handler.setLevel(_log_level)
+    root.setLevel(_log_level)
+    logging.captureWarnings(True)
+    if not any(isinstance(f, _AfterImport) for f in sys.meta_path):
+        hooks = dict.fromkeys(_OWN_HANDLER_LIBRARIES, _adopt_library_logging)
+        sys.meta_path.insert(0, _AfterImport(hooks))
+    for module_name in _OWN_HANDLER_LIBRARIES:
+        if module_name in sys.modules:  # already imported: adopt it now
+            _adopt_library_logging(sys.modules[module_name])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -152,6 +482,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="workspace URL or folder (default: $IMAGENODES_WORKSPACE or ./workspace)",
     )
     parser.add_argument("--connections", help="connections TOML file")
+    parser.add_argument(
+        "--verbose",
+        "-v",
+        action="count",
+        default=0,
+        help="show every library warning, INFO logs with -v, DEBUG with -vv",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("nodes", help="list the node catalog")
@@ -179,7 +516,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="CATEGORY=NAME",
         help="use a named connection for a category",
     )
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    add_progress_flags(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("connections", help="list configured connections (secrets masked)")
@@ -206,6 +543,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     parser = build_parser()
     args = parser.parse_args(argv)
+    configure_logging(args.verbose)
     try:
         return int(args.func(args, out))
     except ImageNodesError as exc:

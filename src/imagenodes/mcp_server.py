@@ -291,10 +291,10 @@ def _require_sdk() -> None:
 def cmd_mcp(args: argparse.Namespace, out: TextIO) -> int:
     import anyio
 
-    from imagenodes.cli import EXIT_OK, _host
+    from imagenodes.cli import EXIT_OK, open_host
 
     _require_sdk()
-    host = _host(args)
+    host = open_host(args)
     anyio.run(serve_stdio, host)
     return EXIT_OK
 

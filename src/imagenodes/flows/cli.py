@@ -11,7 +11,7 @@ import json
 import sys
 from typing import Any, TextIO
 
-from imagenodes.cli import EXIT_OK, ProgressBar, _host, read_inputs
+from imagenodes.cli import EXIT_OK, add_progress_flags, open_host, progress_display, read_inputs
 
 
 def cmd_flow_run(args: argparse.Namespace, out: TextIO) -> int:
@@ -19,10 +19,10 @@ def cmd_flow_run(args: argparse.Namespace, out: TextIO) -> int:
 
     flow = load_flow(args.flow)
     inputs = read_inputs(args.input, args.set or [], sys.stdin)
-    host = _host(args)
-    bar = None if args.quiet else ProgressBar(sys.stderr)
+    host = open_host(args)
     conns = dict(item.split("=", 1) for item in args.connection or [])
-    result = FlowRunner(host).run(flow, inputs, on_event=bar, connections=conns or None)
+    with progress_display(args) as bar:
+        result = FlowRunner(host).run(flow, inputs, on_event=bar, connections=conns or None)
     json.dump(result.to_dict(), out, indent=2)
     out.write("\n")
     return EXIT_OK
@@ -32,7 +32,7 @@ def cmd_flow_check(args: argparse.Namespace, out: TextIO) -> int:
     from imagenodes.flows.runner import FlowRunner, load_flow
 
     flow = load_flow(args.flow)
-    steps = FlowRunner(_host(args)).check(flow)
+    steps = FlowRunner(open_host(args)).check(flow)
     json.dump(
         {
             "title": flow.get("title"),
@@ -61,7 +61,7 @@ def add_commands(sub: Any) -> None:
         metavar="CATEGORY=NAME",
         help="use a named connection for a category",
     )
-    run.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    add_progress_flags(run)
     run.set_defaults(func=cmd_flow_run)
 
     check = flow_sub.add_parser("check", help="validate a flow's structure and step types")

@@ -11,7 +11,7 @@ import json
 import sys
 from typing import Any, TextIO
 
-from imagenodes.cli import EXIT_OK, _host
+from imagenodes.cli import EXIT_OK, open_host
 
 
 def _print(out: TextIO, value: Any) -> int:
@@ -22,7 +22,7 @@ def _print(out: TextIO, value: Any) -> int:
 
 # -- trainings -------------------------------------------------------------------------
 def cmd_trainings_add(args: argparse.Namespace, out: TextIO) -> int:
-    record = _host(args).trainings.add(
+    record = open_host(args).trainings.add(
         args.training_id,
         args.path,
         base_model=args.base_model,
@@ -33,15 +33,15 @@ def cmd_trainings_add(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_trainings_list(args: argparse.Namespace, out: TextIO) -> int:
-    return _print(out, _host(args).trainings.list())
+    return _print(out, open_host(args).trainings.list())
 
 
 def cmd_trainings_show(args: argparse.Namespace, out: TextIO) -> int:
-    return _print(out, _host(args).trainings.get(args.training_id))
+    return _print(out, open_host(args).trainings.get(args.training_id))
 
 
 def cmd_trainings_remove(args: argparse.Namespace, out: TextIO) -> int:
-    _host(args).trainings.remove(args.training_id)
+    open_host(args).trainings.remove(args.training_id)
     return _print(out, {"removed": args.training_id})
 
 
@@ -57,7 +57,7 @@ def _read_images(spec: str) -> Any:
 
 
 def cmd_packs_create(args: argparse.Namespace, out: TextIO) -> int:
-    record = _host(args).packs.create(
+    record = open_host(args).packs.create(
         _read_images(args.images),
         name=args.name,
         description=args.description,
@@ -68,7 +68,7 @@ def cmd_packs_create(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_packs_list(args: argparse.Namespace, out: TextIO) -> int:
-    packs = _host(args).packs.list()
+    packs = open_host(args).packs.list()
     return _print(
         out,
         [{"id": p["id"], "name": p["name"], "images": len(p.get("images") or [])} for p in packs],
@@ -76,29 +76,29 @@ def cmd_packs_list(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_packs_show(args: argparse.Namespace, out: TextIO) -> int:
-    return _print(out, _host(args).packs.get(args.pack_id))
+    return _print(out, open_host(args).packs.get(args.pack_id))
 
 
 def cmd_packs_remove(args: argparse.Namespace, out: TextIO) -> int:
-    _host(args).packs.remove(args.pack_id)
+    open_host(args).packs.remove(args.pack_id)
     return _print(out, {"removed": args.pack_id})
 
 
 # -- sessions --------------------------------------------------------------------------
 def cmd_sessions_create(args: argparse.Namespace, out: TextIO) -> int:
-    return _print(out, _host(args).sessions.create(args.session_id, name=args.name))
+    return _print(out, open_host(args).sessions.create(args.session_id, name=args.name))
 
 
 def cmd_sessions_list(args: argparse.Namespace, out: TextIO) -> int:
-    return _print(out, _host(args).sessions.list())
+    return _print(out, open_host(args).sessions.list())
 
 
 def cmd_sessions_history(args: argparse.Namespace, out: TextIO) -> int:
-    return _print(out, _host(args).sessions.history(args.session_id, limit=args.limit))
+    return _print(out, open_host(args).sessions.history(args.session_id, limit=args.limit))
 
 
 def cmd_sessions_remove(args: argparse.Namespace, out: TextIO) -> int:
-    _host(args).sessions.remove(args.session_id)
+    open_host(args).sessions.remove(args.session_id)
     return _print(out, {"removed": args.session_id})
 
 
