@@ -271,12 +271,13 @@ def placement(conn: dict[str, Any]) -> dict[str, Any]:
     from imagenodes.connections.local import LocalDiffusersConnection
     from imagenodes.engine.engine import Engine
     from imagenodes.registry.builtin import BUILTIN_PROFILES
+    from imagenodes.registry.executor import runtime_config
 
-    connection = LocalDiffusersConnection(**conn)
+    config = runtime_config(LocalDiffusersConnection(**conn))
     engine = Engine({p.name: p for p in BUILTIN_PROFILES})
-    device, dtype = engine.placement(connection, None)
-    profile = engine.resolve(connection).profile
-    threads = engine.threads_for(connection, profile, device)
+    device, dtype = engine.placement(config, None)
+    profile = engine.route(config).profile
+    threads = engine.threads_for(config, profile, device)
     return {"model": conn["model"], "device": device, "dtype": dtype, "threads": threads}
 
 

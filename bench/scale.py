@@ -1,6 +1,6 @@
 """Benchmark 6 — scale: time per image as the size grows and as the steps grow.
 
-Through the engine (``host.engine.generate``: routing, adaptation, cache, the pipeline
+Through the engine (``host.engine.generate`` of an ImageJob: routing, adaptation, cache, the pipeline
 call — the path every node takes; ``generate_image_v2`` itself only offers the
 aspect-ratio table, which on the embedded model has no 128² entry), one image per call:
 
@@ -37,22 +37,19 @@ def main() -> None:
     info = c.print_machine()
     conn, label = c.model_connection(args)
 
-    from imagenodes import Host
-    from imagenodes.engine.request import GenerationRequest
+    from imagenodes import Exact, Host, ImageJob
+    from imagenodes.registry.executor import runtime_config
 
     host = Host(workspace="memory://bench-scale", connections={"default": conn})
-    connection = host.connections.for_category("pixelml")
+    connection = runtime_config(host.connections.for_category("pixelml"))
 
-    def request(size: int, steps: int) -> GenerationRequest:
-        return GenerationRequest(
-            task="text-to-image",
+    def request(size: int, steps: int) -> ImageJob:
+        return ImageJob(
             prompt=c.PROMPT,
             negative_prompt=c.NEGATIVE,
             guidance_scale=7.5,
             steps=steps,
-            width=size,
-            height=size,
-            num_images=1,
+            size=Exact(size, size),
             seed=11,
         )
 
@@ -60,7 +57,7 @@ def main() -> None:
         # Both sides in a fresh thread each, as Host.run runs a node: a thread that ran
         # torch keeps a libgomp pool alive and slows the other side (_common explains).
         result = c.in_fresh_thread(lambda: host.engine.generate(request(size, steps), connection))
-        eff = {**result.request.params(), "threads": result.threads}
+        eff = {**result.params, "threads": result.threads}
         assert (eff["width"], eff["height"]) == (size, size), eff
         return result.timings["generate_ms"], eff
 

@@ -277,7 +277,7 @@ class FarmNode(Node):
 
     def run(self, inputs: FarmInput, ctx: RunContext) -> FarmOutput:
         conn = ctx.connection("render_farm")
-        ref = ctx.store_image(Image.new("RGB", (8, 8), "blue"), {"frames": inputs.frames})
+        ref = ctx.images.save(Image.new("RGB", (8, 8), "blue"), {"frames": inputs.frames})
         return FarmOutput(image=ref, url=conn.url)  # type: ignore[attr-defined]
 
 

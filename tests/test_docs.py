@@ -187,10 +187,10 @@ def test_hook_examples_in_hooks_md_register_and_run(tmp_path: Path) -> None:
 
     host = Host(tmp_path / "ws", plugins=plugins, connections_file=conn_file)
     for module in plugins:
-        pack = host.registry.packs[module.__name__]
+        pack = host.registered.plugin_packs[module.__name__]
         assert pack.status == "available", pack.reason
-    assert "remote_renderer" in host.registry.connection_types
-    assert "tiny-sd" in host.registry.profiles
+    assert "remote_renderer" in host.registered.connection_types
+    assert "tiny-sd" in host.registered.profiles
     assert host.connections.public()["farm"]["api_key"] == "**********"
     result = host.run("solid_colour", {"size": 16})
     assert result.outputs["image"].endswith(".png")
@@ -219,8 +219,8 @@ def _toml_literal(value: Any) -> str:
 
 def test_every_connection_type_and_field_is_documented(host: Host) -> None:
     text = read("connections.md")
-    assert host.registry.connection_types, "no connection types registered"
-    for type_name, cls in host.registry.connection_types.items():
+    assert host.registered.connection_types, "no connection types registered"
+    for type_name, cls in host.registered.connection_types.items():
         assert f"`{type_name}`" in text
         for name, info in cls.model_fields.items():
             row = table_row(text, f"`{name}`")

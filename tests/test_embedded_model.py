@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import io
 import json
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from imagenodes import Host, embedded_model_path
-from imagenodes.engine.shapes import COLOURS, adherence, heldout_prompts, judge, prompt_for, render
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+from shapes import COLOURS, adherence, heldout_prompts, judge, prompt_for, render  # noqa: E402
 
 
 def image(host: Host, ref: str) -> Image.Image:

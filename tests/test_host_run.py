@@ -222,7 +222,7 @@ def test_the_callers_thread_sleeps_until_the_worker_finishes(tiny_host: Host, mo
     import time
     from types import SimpleNamespace
 
-    from imagenodes.registry import host as host_module
+    from imagenodes.registry import executor as executor_module
 
     caller = threading.get_ident()
     caller_waits: list[float | None] = []
@@ -234,7 +234,7 @@ def test_the_callers_thread_sleeps_until_the_worker_finishes(tiny_host: Host, mo
             return super().wait(timeout)
 
     monkeypatch.setattr(
-        host_module,
+        executor_module,
         "threading",
         SimpleNamespace(Event=CountingEvent, Thread=threading.Thread),
     )

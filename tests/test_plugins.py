@@ -45,7 +45,7 @@ def test_example_pack_is_discovered_through_its_entry_point_and_runs(tmp_path: P
     host = Host(tmp_path / "ws")
     entry = next(e for e in host.catalog() if e["id"] == "checkerboard")
     assert entry["provider"] == "checkerboard"
-    pack = next(p for p in host.packs() if p["name"] == "checkerboard")
+    pack = next(p for p in host.plugin_packs() if p["name"] == "checkerboard")
     assert pack["distribution"] == "imagenodes-example-pack"
     result = host.run("checkerboard", {"size": 32, "squares": 4})
     ref = result.outputs["image"]
@@ -58,7 +58,7 @@ def test_example_pack_is_discovered_through_its_entry_point_and_runs(tmp_path: P
 
 def test_builtins_come_from_entry_points_like_any_pack(tmp_path: Path) -> None:
     host = Host(tmp_path / "ws")
-    packs = {p["name"]: p for p in host.packs()}
+    packs = {p["name"]: p for p in host.plugin_packs()}
     for name in ("core", "generate_image_v2", "image_to_image", "image_generation"):
         assert packs[name]["distribution"] == "imagenodes"
         assert packs[name]["status"] == "available"
@@ -74,7 +74,7 @@ def test_pack_that_fails_to_import_is_isolated(site: Path, tmp_path: Path) -> No
         "raise RuntimeError('boom at import')\n",
     )
     host = Host(tmp_path / "ws")
-    pack = next(p for p in host.packs() if p["name"] == "broken")
+    pack = next(p for p in host.plugin_packs() if p["name"] == "broken")
     assert pack["status"] == "unavailable"
     assert "boom at import" in pack["reason"]
     assert "generate_image_v2" in {e["id"] for e in host.catalog()}
@@ -91,7 +91,7 @@ def test_misspelled_hook_is_caught_by_check_pending(site: Path, tmp_path: Path) 
         "from imagenodes import hookimpl\n\n@hookimpl\ndef register_node(register):\n    pass\n",
     )
     host = Host(tmp_path / "ws")
-    pack = next(p for p in host.packs() if p["name"] == "typo")
+    pack = next(p for p in host.plugin_packs() if p["name"] == "typo")
     assert pack["status"] == "unavailable"
     assert "register_node" in pack["reason"]
 
@@ -119,11 +119,11 @@ class DupPack:
 
 def test_duplicate_node_id_is_refused_naming_both_providers(tmp_path: Path) -> None:
     host = Host(tmp_path / "ws", plugins=[DupPack()])
-    pack = next(p for p in host.packs() if p["name"].startswith("DupPack"))
+    pack = next(p for p in host.plugin_packs() if p["name"].startswith("DupPack"))
     assert pack["status"] == "unavailable"
     assert "generate_image_v2" in pack["reason"]
     assert "'generate_image_v2'" in pack["reason"] and "DupPack" in pack["reason"]
-    assert host.registry.node_providers["generate_image_v2"] == "generate_image_v2"
+    assert host.registered.node_providers["generate_image_v2"] == "generate_image_v2"
     assert host.node("generate_image_v2").title == "Generate Image V2"
     with pytest.raises(PluginError, match="provided by pack 'generate_image_v2' and by pack"):
         Host(tmp_path / "ws", plugins=[DupPack()], strict=True)
@@ -137,7 +137,7 @@ class RaisingPack:
 
 def test_pack_raising_while_registering_is_isolated(tmp_path: Path) -> None:
     host = Host(tmp_path / "ws", plugins=[RaisingPack()])
-    pack = next(p for p in host.packs() if p["name"].startswith("RaisingPack"))
+    pack = next(p for p in host.plugin_packs() if p["name"].startswith("RaisingPack"))
     assert pack["status"] == "unavailable" and "cannot register today" in pack["reason"]
     assert len(host.catalog()) >= 3
 
@@ -162,7 +162,7 @@ def test_node_contract_is_checked_at_registration(tmp_path: Path) -> None:
             register(BadContract)
 
     host = Host(tmp_path / "ws", plugins=[Pack()])
-    reason = next(p for p in host.packs() if p["name"].startswith("Pack"))["reason"]
+    reason = next(p for p in host.plugin_packs() if p["name"].startswith("Pack"))["reason"]
     assert "semver" in reason and "id 'Bad Id'" in reason and "run(inputs, ctx)" in reason
 
 
@@ -172,7 +172,7 @@ def test_disable_env_blocks_named_packs(monkeypatch: pytest.MonkeyPatch, tmp_pat
     ids = {e["id"] for e in host.catalog()}
     assert "image_to_image" not in ids and "checkerboard" not in ids
     assert "generate_image_v2" in ids
-    status = {p["name"]: p["status"] for p in host.packs()}
+    status = {p["name"]: p["status"] for p in host.plugin_packs()}
     assert status["image_to_image"] == "disabled"
 
 

@@ -13,6 +13,7 @@ from PIL import Image
 from imagenodes import ConnectionConfigError, Host
 from imagenodes.engine.aspect import ASPECT_RATIOS, aspect_table, nominal_size
 from imagenodes.engine.profiles import EMBEDDED, FLUX, SD, SDXL
+from imagenodes.registry.executor import runtime_config
 from tests.helpers import load_ref
 
 SOURCE_COLOUR = (200, 30, 30)
@@ -122,8 +123,12 @@ def test_unprofiled_class_routes_through_autopipeline(tiny_models, tmp_path) -> 
     (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(cfg))
     resolved = Host(
         tmp_path / "ws", connections={"default": {"model": str(folder)}}
-    ).engine.resolve(
-        Host(tmp_path / "w2").connections.get("default").model_copy(update={"model": str(folder)})
+    ).engine.route(
+        runtime_config(
+            Host(tmp_path / "w2")
+            .connections.get("default")
+            .model_copy(update={"model": str(folder)})
+        )
     )
     assert resolved.profile.name == "auto:LatentConsistencyModelPipeline"
     assert resolved.profile.pipelines["text-to-image"] == "LatentConsistencyModelPipeline"
@@ -153,11 +158,11 @@ def test_models_dir_resolves_hub_ids_to_local_copies(tiny_models, tmp_path) -> N
     models = tmp_path / "models"
     shutil.copytree(tiny_models("sdxl"), models / "stabilityai" / "stable-diffusion-xl-base-1.0")
     host = Host(tmp_path / "ws", connections={"default": {"models_dir": str(models)}})
-    conn = host.connections.get("default")
-    resolved = host.engine.resolve(conn, "sdxl")  # the preset name of the family
+    conn = runtime_config(host.connections.get("default"))
+    resolved = host.engine.route(conn, "sdxl")  # the preset name of the family
     assert resolved.profile.name == "sdxl" and resolved.class_name == "StableDiffusionXLPipeline"
     assert Path(resolved.source) == models / "stabilityai" / "stable-diffusion-xl-base-1.0"
-    by_id = host.engine.resolve(conn, "stabilityai/stable-diffusion-xl-base-1.0")
+    by_id = host.engine.route(conn, "stabilityai/stable-diffusion-xl-base-1.0")
     assert (by_id.source, by_id.profile) == (resolved.source, resolved.profile)
 
 

@@ -33,8 +33,9 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(REPO / "tools"))
 
-from imagenodes.engine import shapes  # noqa: E402
+import shapes  # noqa: E402  (tools/shapes.py: the training domain)
 
 DEFAULT_MODEL = REPO / "src" / "imagenodes" / "engine" / "embedded_model"
 

@@ -221,7 +221,7 @@ def render_node(entry: dict[str, Any], cls: Any, distribution: str | None) -> li
 def render(host: Any) -> str:
     """The whole of ``docs/nodes.md`` for the nodes registered in ``host``."""
     entries = host.catalog()
-    dists = {name: info.distribution for name, info in host.registry.packs.items()}
+    dists = {name: info.distribution for name, info in host.registered.plugin_packs.items()}
     lines = [
         "# Node reference",
         "",

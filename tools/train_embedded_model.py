@@ -55,7 +55,7 @@ sys.path.insert(0, str(REPO / "tools"))
 # The held-out generation loop is shared with the evaluation script (same folder).
 from eval_embedded_model import heldout_adherence  # noqa: E402
 
-from imagenodes.engine import shapes  # noqa: E402
+import shapes  # noqa: E402  (tools/shapes.py: the training domain)
 
 DEFAULT_OUT = REPO / "src" / "imagenodes" / "engine" / "embedded_model"
 MAX_LEN = 32  # text encoder max_position_embeddings == tokenizer model_max_length

@@ -1,14 +1,16 @@
 """imagenodes: image-generation nodes for visual workflow builders.
 
-The public surface: :class:`Host` (discover, list, validate, run), :data:`hookimpl`
-for plugin authors, the :class:`Node` contract, and the error types.
+The public surface: :class:`Host` (discover, list, validate, run) for builders, and
+the node SDK (:mod:`imagenodes.sdk`: ``Node``, ``NodeInput``, ``NodeOutput``,
+``RunContext``, ``ImageRef``, ``ImageJob``, ``hookimpl``) plus the error types for
+node authors — no import below the root is needed for either.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from imagenodes.engine.embedded import embedded_model_path
+from imagenodes.assets import embedded_model_path
 from imagenodes.errors import (
     Cancelled,
     ConnectionConfigError,
@@ -20,13 +22,23 @@ from imagenodes.errors import (
     SourceImageError,
     UnknownNodeError,
 )
-from imagenodes.registry.hookspecs import hookimpl, hookspec
-from imagenodes.registry.node import (
-    PIXELML_CONNECTION,
+from imagenodes.sdk import (
+    Aspect,
     ConnectionRequirement,
+    Exact,
+    FromSource,
+    Generation,
+    ImageJob,
+    ImageRef,
     Node,
     NodeInput,
     NodeOutput,
+    Notice,
+    Prompt,
+    RunContext,
+    Training,
+    hookimpl,
+    hookspec,
 )
 
 if TYPE_CHECKING:
@@ -36,6 +48,12 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> Any:
+    # Host pulls the registry (and, on first generation, torch); import it lazily so
+    # `import imagenodes` in a plugin pack's module stays cheap.
+    if name in ("Host", "RunResult"):
+        from imagenodes.registry import host
+
+        return getattr(host, name)
     if name == "ConnectionError":
         import warnings
 
@@ -46,31 +64,34 @@ def __getattr__(name: str) -> Any:
             stacklevel=2,
         )
         return ConnectionConfigError
-    # Host pulls torch/diffusers; import it lazily so `import imagenodes` in a plugin
-    # pack's module (for hookimpl/Node) stays cheap.
-    if name in ("Host", "RunResult"):
-        from imagenodes.registry import host
-
-        return getattr(host, name)
     raise AttributeError(name)
 
 
 __all__ = [
-    "PIXELML_CONNECTION",
+    "Aspect",
     "Cancelled",
     "ConnectionConfigError",
     "ConnectionRequirement",
+    "Exact",
+    "FromSource",
+    "Generation",
     "GenerationFailed",
     "GenerationTimeout",
     "Host",
+    "ImageJob",
     "ImageNodesError",
+    "ImageRef",
     "InputError",
     "Node",
     "NodeInput",
     "NodeOutput",
+    "Notice",
     "PluginError",
+    "Prompt",
+    "RunContext",
     "RunResult",
     "SourceImageError",
+    "Training",
     "UnknownNodeError",
     "embedded_model_path",
     "hookimpl",

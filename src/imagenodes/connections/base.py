@@ -34,6 +34,15 @@ class Connection(BaseModel):
             out[name] = value
         return out
 
+    def runtime_config(self) -> dict[str, Any] | None:
+        """Plain settings for the engine, secrets revealed; None when this connection
+        type does not drive the local engine (a plugin's API key connection, say).
+
+        The engine consumes this mapping (as ``imagenodes.engine.config.RuntimeConfig``)
+        and never sees the connection class, so it has no import of ours to follow.
+        """
+        return None
+
     @classmethod
     def secret_fields(cls) -> list[str]:
         return [

@@ -7,7 +7,7 @@ points at the embedded model, so the main job needs zero configuration.
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, SecretStr
 
@@ -15,8 +15,8 @@ from imagenodes.connections.base import Connection
 
 
 def _default_model() -> str:
-    # Imported lazily: the engine package pulls torch, connections must not.
-    from imagenodes.engine.embedded import embedded_model_path
+    # The connection only names the folder; the engine (which it must not import) loads it.
+    from imagenodes.assets import embedded_model_path
 
     return str(embedded_model_path())
 
@@ -60,3 +60,15 @@ class LocalDiffusersConnection(Connection):
     hub_token: SecretStr | None = Field(
         default=None, description="Token for private hub models (used only when offline=false)."
     )
+
+    def runtime_config(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "profile": self.profile,
+            "device": self.device,
+            "dtype": self.dtype,
+            "cpu_threads": self.cpu_threads,
+            "models_dir": self.models_dir,
+            "offline": self.offline,
+            "token": self.hub_token.get_secret_value() if self.hub_token else None,
+        }

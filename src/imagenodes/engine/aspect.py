@@ -9,6 +9,7 @@ for ``9:16_FHD`` gets the largest size it supports in that shape, not an error.
 from __future__ import annotations
 
 from imagenodes.engine import notices as nc
+from imagenodes.engine.job import TIERS
 from imagenodes.engine.notices import Notice
 from imagenodes.engine.profiles import ModelProfile
 
@@ -19,7 +20,6 @@ RATIOS: dict[str, tuple[int, int]] = {
     "9:16": (9, 16),
     "16:9": (16, 9),
 }
-TIERS: dict[str, int | None] = {"": None, "_HD": 1024, "_FHD": 1920}
 ASPECT_RATIOS: tuple[str, ...] = tuple(f"{ratio}{suffix}" for suffix in TIERS for ratio in RATIOS)
 
 
@@ -36,10 +36,16 @@ def parse_aspect(aspect: str) -> tuple[tuple[int, int], int | None]:
     return RATIOS[aspect], None
 
 
-def nominal_size(aspect: str, profile: ModelProfile) -> tuple[int, int]:
-    """(width, height) the table gives before the model's maximum is applied."""
-    (rw, rh), long_side = parse_aspect(aspect)
-    long_side = long_side or profile.native_resolution
+def nominal_size(
+    aspect: str, profile: ModelProfile, *, long_side: int | None = None
+) -> tuple[int, int]:
+    """(width, height) the table gives before the model's maximum is applied.
+
+    ``long_side`` overrides the tier's (``image_generation``'s 1K/2K sizes); without
+    either the model's native resolution is the long side.
+    """
+    (rw, rh), tier_side = parse_aspect(aspect)
+    long_side = long_side or tier_side or profile.native_resolution
     if rw >= rh:
         return long_side, round_to_multiple(long_side * rh / rw, profile.size_multiple)
     return round_to_multiple(long_side * rw / rh, profile.size_multiple), long_side

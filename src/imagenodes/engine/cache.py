@@ -261,6 +261,11 @@ class PipelineCache:
                 for e in sorted(self._entries.values(), key=lambda e: -e.last_used)
             ]
 
+    def has(self, source: str, dtype: str, device: str) -> bool:
+        """Is this model loaded for this placement (the next acquire costs no load)?"""
+        with self._lock:
+            return (source, dtype, device) in self._entries
+
     def total_bytes(self) -> int:
         with self._lock:
             return sum(e.nbytes for e in self._entries.values())

@@ -1,16 +1,7 @@
-"""Where the embedded default model lives.
-
-It is a plain diffusers StableDiffusionPipeline folder shipped as package data, loaded
-with ``from_pretrained`` like any SD 1.5 checkpoint; only its location is special.
-"""
+"""The embedded default model's location, as the engine sees it (see imagenodes.assets)."""
 
 from __future__ import annotations
 
-from pathlib import Path
+from imagenodes.assets import EMBEDDED_MODEL_NAME, embedded_model_path
 
-EMBEDDED_MODEL_NAME = "imagenodes/embedded-shapes"
-
-
-def embedded_model_path() -> Path:
-    """Directory of the embedded model inside the installed package."""
-    return Path(__file__).resolve().parent / "embedded_model"
+__all__ = ["EMBEDDED_MODEL_NAME", "embedded_model_path"]

@@ -1,9 +1,11 @@
 """The engine: routes a request to a family, gets the pipeline from the cache and runs it.
 
-Nodes reach it only through their run context, which supplies ``control``: the
-object that receives progress events and raises when the run is cancelled or out of
-time.  Checks happen before the load, while waiting for another thread's load, and
-at every denoising step.
+Nodes reach it only through their run context (``ctx.models``), which supplies
+``control``: the object that receives progress events and raises when the run is
+cancelled or out of time.  The engine is configured by plain
+:class:`~imagenodes.engine.config.RuntimeConfig` records, never by connection
+classes.  Checks happen before the load, while waiting for another thread's load,
+and at every denoising step.
 """
 
 from __future__ import annotations
@@ -12,21 +14,22 @@ import threading
 import time
 from collections.abc import Mapping
 from contextlib import nullcontext
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
 from PIL import Image
 
-from imagenodes.connections.local import LocalDiffusersConnection
 from imagenodes.engine import notices as nc
 from imagenodes.engine.cache import LOAD_LOCK, CacheEntry, PipelineCache
+from imagenodes.engine.config import RuntimeConfig
 from imagenodes.engine.device import PRECISION_ALIASES, cpu_threads, pick_device, pick_dtype
+from imagenodes.engine.job import Generation, ImageJob
 from imagenodes.engine.notices import Notice
 from imagenodes.engine.profiles import IMAGE_TO_IMAGE, INSTRUCT_EDIT, ModelProfile
 from imagenodes.engine.request import GenerationRequest, draw_seed
-from imagenodes.engine.routing import ResolvedModel, adapt, resolve
-from imagenodes.errors import GenerationFailed, ImageNodesError
+from imagenodes.engine.routing import ResolvedModel, adapt, route
+from imagenodes.engine.status import memory_status
+from imagenodes.errors import ConnectionConfigError, GenerationFailed, ImageNodesError
 
 
 class Control(Protocol):
@@ -43,21 +46,6 @@ class _NullControl:
         pass
 
 
-@dataclass
-class GenerationResult:
-    images: list[Image.Image]
-    seeds: list[int]
-    request: GenerationRequest
-    model: ResolvedModel
-    notices: list[Notice] = field(default_factory=list)
-    timings: dict[str, float] = field(default_factory=dict)
-    pipeline_calls: int = 0
-    device: str = "cpu"
-    dtype: str = "float32"
-    #: Intra-op CPU threads the pipeline calls ran with (None on GPUs).
-    threads: int | None = None
-
-
 def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, torch.OutOfMemoryError) or (
         isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
@@ -70,54 +58,50 @@ class Engine:
     def __init__(
         self, profiles: Mapping[str, ModelProfile], cache_bytes: int | None = None
     ) -> None:
+        #: Routing results by (spec, models_dir, offline, forced profile): a lookup on
+        #: the filesystem (or the hub cache) per generation would cost more than a step.
         self.profiles = dict(profiles)
         self.cache = PipelineCache(cache_bytes)
         self._resolved: dict[tuple[Any, ...], ResolvedModel] = {}
         self._resolve_lock = threading.Lock()
 
     # -- routing --------------------------------------------------------------------
-    def resolve(
-        self, connection: LocalDiffusersConnection, model: str | None = None
-    ) -> ResolvedModel:
-        spec = model or connection.model
-        token = connection.hub_token.get_secret_value() if connection.hub_token else None
-        key = (spec, connection.models_dir, connection.offline, connection.profile)
+    def route(self, config: RuntimeConfig, model: str | None = None) -> ResolvedModel:
+        """The family and loadable source of ``model`` (default: the config's model)."""
+        spec = model or config.model
+        key = (spec, config.models_dir, config.offline, config.profile)
         with self._resolve_lock:
             hit = self._resolved.get(key)
         if hit is not None:
             return hit
-        resolved = resolve(
+        resolved = route(
             spec,
             self.profiles,
-            models_dir=connection.models_dir,
-            offline=connection.offline,
-            token=token,
-            forced_profile=connection.profile,
+            models_dir=config.models_dir,
+            offline=config.offline,
+            token=config.token,
+            forced_profile=config.profile,
         )
         with self._resolve_lock:
             self._resolved[key] = resolved
         return resolved
 
-    def placement(
-        self, connection: LocalDiffusersConnection, precision: str | None
-    ) -> tuple[str, str]:
-        device = pick_device(connection.device)
-        dtype = pick_dtype(precision or connection.dtype, device)
+    def placement(self, config: RuntimeConfig, precision: str | None) -> tuple[str, str]:
+        device = pick_device(config.device)
+        dtype = pick_dtype(precision or config.dtype, device)
         if device == "cpu":
             dtype = "float32" if precision else dtype
         return device, PRECISION_ALIASES.get(dtype, dtype)
 
     @staticmethod
-    def threads_for(
-        connection: LocalDiffusersConnection, profile: ModelProfile, device: str
-    ) -> int | None:
-        """Intra-op threads asked for a pipeline call: the connection's, else the family's.
+    def threads_for(config: RuntimeConfig, profile: ModelProfile, device: str) -> int | None:
+        """Intra-op threads asked for a pipeline call: the config's, else the family's.
 
         ``None`` off the CPU, and on the CPU when neither sets one (torch's default).
         """
         if device != "cpu":
             return None
-        return connection.cpu_threads or profile.cpu_threads
+        return config.cpu_threads or profile.cpu_threads
 
     # -- status ---------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
@@ -130,25 +114,72 @@ class Engine:
             "device": pick_device("auto"),
         }
 
+    def model_status(
+        self,
+        config: RuntimeConfig | ConnectionConfigError,
+        *,
+        load: bool = False,
+        control: Control | None = None,
+    ) -> dict[str, Any]:
+        """Is the config's model loaded for the placement a generation would use?
+
+        A model that cannot be routed or loaded — or no usable configuration at all
+        (``config`` is then the error) — is *reported* (``error``), not raised:
+        answering that question is the point.  Cancellation still raises.
+        """
+        control = control or _NullControl()
+        out: dict[str, Any] = {
+            "model": None,
+            "profile": None,
+            "device": self.status()["device"],
+            "dtype": None,
+            "loaded": False,
+            "load_ms": None,
+            "error": None,
+        }
+        try:
+            if isinstance(config, ConnectionConfigError):
+                raise config
+            resolved = self.route(config)
+            out["model"], out["profile"] = resolved.display_name, resolved.profile.name
+            device, dtype = self.placement(config, None)
+            out["device"], out["dtype"] = device, dtype
+            out["loaded"] = self.cache.has(resolved.source, dtype, device)
+            if load and not out["loaded"]:
+                start = time.perf_counter()
+                entry, _ = self.cache.acquire(resolved, dtype, device, wait=control.check)
+                self.cache.release(entry)
+                out["load_ms"] = round((time.perf_counter() - start) * 1000, 1)
+                out["loaded"] = True
+        except ConnectionConfigError as exc:
+            out["error"] = {"code": exc.code, "message": exc.message, "field": exc.field}
+        status = self.status()
+        out["loaded_models"] = status["loaded"]
+        out["memory"] = memory_status(
+            status["bytes"], status["budget_bytes"], out["device"] or status["device"]
+        )
+        return out
+
     def clear(self) -> None:
         self.cache.clear()
 
     # -- generation -----------------------------------------------------------------
     def generate(
         self,
-        req: GenerationRequest,
-        connection: LocalDiffusersConnection,
+        job: ImageJob,
+        config: RuntimeConfig,
         *,
         control: Control | None = None,
-        model: str | None = None,
-    ) -> GenerationResult:
+    ) -> Generation:
+        """Route, fit (one notice per change), load or reuse the pipeline, run, deliver."""
         control = control or _NullControl()
         control.check()
-        resolved = self.resolve(connection, model)
-        device, dtype = self.placement(connection, req.precision)
-        effective, notices = adapt(req, resolved.profile, device=device)
-        if isinstance(effective.prompt, list):
-            effective.num_images = len(effective.prompt)
+        t_route = time.perf_counter()
+        resolved = self.route(config, job.model)
+        route_ms = (time.perf_counter() - t_route) * 1000
+        device, dtype = self.placement(config, job.precision)
+        adapted = adapt(job, resolved.profile, device=device)
+        effective, notices = adapted.request, adapted.notices
         seed = effective.seed if effective.seed is not None else draw_seed()
         effective.seed = seed
         if effective.seeds is None:
@@ -157,7 +188,7 @@ class Engine:
             raise GenerationFailed(
                 f"{len(effective.seeds)} seeds given for {effective.num_images} images"
             )
-        timings: dict[str, float] = {}
+        timings: dict[str, float] = {"route_ms": route_ms}
 
         t0 = time.perf_counter()
         control.emit("model_loading", model=resolved.display_name, profile=resolved.profile.name)
@@ -172,19 +203,24 @@ class Engine:
             )
             control.check()
             t1 = time.perf_counter()
-            wanted = self.threads_for(connection, resolved.profile, device)
+            wanted = self.threads_for(config, resolved.profile, device)
             threads_used = cpu_threads(wanted) if device == "cpu" else nullcontext(None)
             with threads_used as threads:
-                images, calls, split_notices = self._run_batches(entry, effective, control)
+                images, calls, split_notices = self._run_batches(
+                    entry, effective, control, job.count_field
+                )
+            if adapted.deliver is not None:
+                images = [im.resize(adapted.deliver, Image.Resampling.LANCZOS) for im in images]
             timings["generate_ms"] = (time.perf_counter() - t1) * 1000
         finally:
             self.cache.release(entry)
         notices.extend(split_notices)
-        return GenerationResult(
+        return Generation(
             images=images,
             seeds=list(effective.seeds),
-            request=effective,
-            model=resolved,
+            params=effective.params(),
+            model=resolved.info(),
+            generated_size=(int(effective.width or 0), int(effective.height or 0)),
             notices=notices,
             timings=timings,
             pipeline_calls=calls,
@@ -194,7 +230,11 @@ class Engine:
         )
 
     def _run_batches(
-        self, entry: CacheEntry, req: GenerationRequest, control: Control
+        self,
+        entry: CacheEntry,
+        req: GenerationRequest,
+        control: Control,
+        count_field: str = "batch_size",
     ) -> tuple[list[Image.Image], int, list[Notice]]:
         """Run in chunks of the family's per-call limit; halve a chunk on OOM."""
         limit = max(1, entry.model.profile.max_images_per_call)
@@ -215,7 +255,7 @@ class Engine:
                     notices.append(
                         Notice(
                             nc.BATCH_SPLIT,
-                            "batch_size",
+                            count_field,
                             count,
                             half,
                             "out of memory; retrying the batch in halves",
@@ -295,7 +335,7 @@ class Engine:
                 kwargs["image_guidance_scale"] = (
                     req.image_guidance_scale if req.image_guidance_scale is not None else 1.5
                 )
-            if req.task == IMAGE_TO_IMAGE and type(pipe).__name__.startswith("Flux"):
+            if req.task == IMAGE_TO_IMAGE and profile.img2img_takes_size:
                 kwargs["width"], kwargs["height"] = req.width, req.height
         else:
             kwargs["width"], kwargs["height"] = req.width, req.height

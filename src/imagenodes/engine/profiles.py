@@ -10,9 +10,7 @@ from __future__ import annotations
 import fnmatch
 from dataclasses import dataclass, field
 
-TEXT_TO_IMAGE = "text-to-image"
-IMAGE_TO_IMAGE = "image-to-image"
-INSTRUCT_EDIT = "instruction-edit"
+from imagenodes.engine.job import IMAGE_TO_IMAGE, INSTRUCT_EDIT, TEXT_TO_IMAGE
 
 #: Parameters a node may ask for that not every family uses.
 OPTIONAL_PARAMETERS = ("negative_prompt", "prompt_2", "image_guidance_scale", "guidance")
@@ -54,6 +52,9 @@ class ModelProfile:
     #: step gain nothing from a second core, and every parallel region then costs a
     #: thread hand-off that turns into seconds per image when the cores are shared.
     cpu_threads: int | None = None
+    #: The family's image-to-image pipeline takes ``width``/``height`` (FLUX's does;
+    #: SD's derives the size from the init image and rejects them).
+    img2img_takes_size: bool = False
     notes: str = ""
     extra: dict[str, object] = field(default_factory=dict)
 
@@ -203,6 +204,7 @@ FLUX = ModelProfile(
     default_guidance=3.5,
     dtypes=("bfloat16", "float32", "float16"),
     default_model="black-forest-labs/FLUX.1-schnell",
+    img2img_takes_size=True,
     notes="No negative prompt; sizes are multiples of 16 (VAE factor 8 × 2×2 patches).",
 )
 

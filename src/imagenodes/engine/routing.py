@@ -7,8 +7,11 @@ profile, else the highest-priority profile whose id pattern matches, else the pr
 claiming ``model_index.json``'s ``_class_name``, else a generic profile when diffusers'
 AutoPipeline knows the class.  Anything else is a CONNECTION_ERROR naming the class.
 
-Adaptation never fails on a parameter the family cannot use and never drops one
-silently: each change is a :class:`~imagenodes.engine.notices.Notice`.
+Adaptation (:func:`adapt`) turns a node's :class:`~imagenodes.engine.job.ImageJob`
+into the effective request for one family.  It is the only place that fits a size
+or a count and drops or clamps a parameter; it never fails on a parameter the family
+cannot use and never drops one silently: each change is exactly one
+:class:`~imagenodes.engine.notices.Notice`.
 """
 
 from __future__ import annotations
@@ -19,9 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
 from imagenodes.engine import notices as nc
-from imagenodes.engine.aspect import fit_size
+from imagenodes.engine.aspect import RATIOS, fit_size, nominal_size
 from imagenodes.engine.embedded import EMBEDDED_MODEL_NAME, embedded_model_path
+from imagenodes.engine.job import Aspect, Exact, FromSource, ImageJob, ModelInfo
 from imagenodes.engine.notices import Notice
 from imagenodes.engine.profiles import (
     IMAGE_TO_IMAGE,
@@ -30,12 +36,12 @@ from imagenodes.engine.profiles import (
     ModelProfile,
 )
 from imagenodes.engine.request import GenerationRequest
-from imagenodes.errors import ConnectionConfigError, GenerationFailed
+from imagenodes.errors import ConnectionConfigError, GenerationFailed, InputError
 
 
 @dataclass(frozen=True)
 class ResolvedModel:
-    """A model spec resolved to a loadable source and its family."""
+    """A model spec routed to a loadable source and its family."""
 
     spec: str
     source: str  # local folder or hub id passed to from_pretrained
@@ -45,6 +51,15 @@ class ResolvedModel:
     @property
     def display_name(self) -> str:
         return EMBEDDED_MODEL_NAME if self.profile.name == "embedded" else self.spec
+
+    def info(self) -> ModelInfo:
+        """The public, torch-free description a node gets (``ctx.models.lookup``)."""
+        return ModelInfo(
+            name=self.display_name,
+            profile=self.profile.name,
+            profile_title=self.profile.title,
+            source=self.source,
+        )
 
 
 def _hub_snapshot(repo_id: str, *, offline: bool, token: str | None) -> Path:
@@ -141,6 +156,7 @@ def auto_profile(class_name: str) -> ModelProfile | None:
         max_resolution=2048,
         size_multiple=16,
         supports=frozenset({"negative_prompt", "guidance"}),
+        img2img_takes_size=class_name.startswith("Flux"),
         notes="No profile names this family; capabilities are generic defaults.",
     )
 
@@ -180,7 +196,7 @@ def pick_profile(
     )
 
 
-def resolve(
+def route(
     spec: str,
     profiles: Mapping[str, ModelProfile],
     *,
@@ -206,12 +222,143 @@ def _clamp(value: float, lo: float, hi: float) -> float:
     return min(max(value, lo), hi)
 
 
-def adapt(
-    req: GenerationRequest, profile: ModelProfile, *, device: str = "cpu"
-) -> tuple[GenerationRequest, list[Notice]]:
-    """Fit a request to a family; returns the effective request and what changed."""
+def source_size(source: tuple[int, int], width: int, height: int) -> tuple[int, int]:
+    """0 = from the source; one side 0 keeps the source's aspect ratio."""
+    sw, sh = source
+    if width and height:
+        return width, height
+    if width:
+        return width, max(1, round(width * sh / sw))
+    if height:
+        return max(1, round(height * sw / sh)), height
+    return sw, sh
+
+
+def blend(images: list[Image.Image], size: tuple[int, int]) -> Image.Image:
+    """The pixel mean of several sources, each resized to ``size``: one init image."""
+    import numpy as np
+
+    arrays = [
+        np.asarray(im.convert("RGB").resize(size, Image.Resampling.LANCZOS), np.float32)
+        for im in images
+    ]
+    return Image.fromarray(np.clip(np.mean(arrays, axis=0), 0, 255).astype(np.uint8))
+
+
+@dataclass
+class Adapted:
+    """A job fitted to one family: the request to run and what to deliver."""
+
+    request: GenerationRequest
+    notices: list[Notice]
+    #: Resize the generated images to this size before returning them (Exact+resample).
+    deliver: tuple[int, int] | None = None
+
+
+def _fit_size(job: ImageJob, profile: ModelProfile, notices: list[Notice]) -> tuple[int, int]:
+    size = job.size
+    first = job.sources[0] if job.sources else None
+    if isinstance(size, Aspect):
+        ratio = size.ratio
+        if ratio not in RATIOS:
+            if size.fallback is None:
+                raise InputError(
+                    f"{size.field} must be one of: {', '.join(RATIOS)} (got {ratio!r})",
+                    code="INVALID_ASPECT_RATIO",
+                    field=size.field,
+                )
+            notices.append(
+                Notice(
+                    nc.ASPECT_RATIO_FALLBACK,
+                    size.field,
+                    ratio,
+                    size.fallback,
+                    f"supported ratios are {', '.join(RATIOS)}",
+                )
+            )
+            ratio = size.fallback
+        w, h = nominal_size(ratio, profile, long_side=size.long_side)
+        field = size.size_field or size.field
+    elif isinstance(size, Exact):
+        w, h, field = size.width, size.height, size.field
+    elif isinstance(size, FromSource):
+        if first is None:
+            raise GenerationFailed("a size from the source needs a source image", field="size")
+        w, h = source_size(first.size, size.width, size.height)
+        field = size.field
+    elif first is not None:
+        (w, h), field = first.size, "width/height"
+    else:
+        w = h = profile.native_resolution
+        field = "width/height"
+    width, height, size_notes = fit_size(w, h, profile, field=field)
+    notices.extend(size_notes)
+    return width, height
+
+
+def _fit_count(job: ImageJob, profile: ModelProfile, notices: list[Notice]) -> int:
+    if not isinstance(job.prompt, str):
+        return len(job.prompt)
+    if job.count_policy == "split":
+        return job.count  # the engine splits calls at the family's limit; same images
+    count = min(max(job.count, 1), profile.max_images_per_call)
+    if count != job.count:
+        notices.append(
+            Notice(
+                nc.IMAGE_COUNT_CLAMPED,
+                job.count_field,
+                job.count,
+                count,
+                f"{profile.title} makes 1–{profile.max_images_per_call} images",
+            )
+        )
+    return count
+
+
+def adapt(job: ImageJob, profile: ModelProfile, *, device: str = "cpu") -> Adapted:
+    """Fit a node's job to a family: the effective request and one notice per change."""
     notices: list[Notice] = []
-    out = req.copy()
+    task = job.task or (IMAGE_TO_IMAGE if job.sources else TEXT_TO_IMAGE)
+    width, height = _fit_size(job, profile, notices)
+    count = _fit_count(job, profile, notices)
+    init = None
+    if job.sources:
+        init = job.sources[0]
+        if len(job.sources) > 1:
+            init = blend(list(job.sources), (width, height))
+            notices.append(
+                Notice(
+                    nc.IMAGES_BLENDED,
+                    job.sources_field,
+                    len(job.sources),
+                    1,
+                    "several sources are averaged into one init image",
+                )
+            )
+    out = GenerationRequest(
+        task=task,
+        prompt=job.prompt if isinstance(job.prompt, str) else list(job.prompt),
+        negative_prompt=(
+            job.negative_prompt
+            if job.negative_prompt is None or isinstance(job.negative_prompt, str)
+            else list(job.negative_prompt)
+        ),
+        prompt_2=job.prompt_2,
+        guidance_scale=job.guidance_scale,
+        image_guidance_scale=job.image_guidance_scale,
+        steps=job.steps,
+        width=width,
+        height=height,
+        num_images=count,
+        seed=job.seed,
+        seeds=list(job.seeds) if job.seeds is not None else None,
+        image=init,
+        strength=job.strength if init is not None else None,
+        precision=job.precision,
+        lora_path=job.training.path if job.training else None,
+        lora_scale=job.training.scale if job.training else 1.0,
+        explicit=job.explicit,
+    )
 
     # Task: an image-to-image request on an instruction-edit family becomes an edit.
     if (
@@ -311,17 +458,6 @@ def adapt(
         )
         out.guidance_scale = guidance
 
-    # Size.
-    if out.width is None or out.height is None:
-        if out.image is not None:
-            out.width, out.height = out.image.size
-        else:
-            out.width = out.height = profile.native_resolution
-    out.width, out.height, size_notes = fit_size(
-        out.width, out.height, profile, field="width/height"
-    )
-    notices.extend(size_notes)
-
     # Precision.
     if out.precision:
         wanted = {"fp16": "float16", "bf16": "bfloat16"}.get(out.precision, out.precision)
@@ -347,4 +483,20 @@ def adapt(
                 )
             )
             out.precision = profile.dtypes[0]
-    return out, notices
+
+    # Delivery: an exact size the family could not generate is resized back to it.
+    deliver = None
+    size = job.size
+    if isinstance(size, Exact) and size.resample and (width, height) != (size.width, size.height):
+        deliver = (size.width, size.height)
+        notices.append(
+            Notice(
+                nc.SIZE_RESAMPLED,
+                size.field,
+                f"{size.width}x{size.height}",
+                f"{width}x{height} resized to {size.width}x{size.height}",
+                f"{profile.title} generates {width}x{height} for this request; the image "
+                "was resized to the requested size",
+            )
+        )
+    return Adapted(out, notices, deliver)

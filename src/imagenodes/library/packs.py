@@ -2,8 +2,9 @@
 
 A pack is what the seed's dashboard calls an inference pack: "a set of prompts and
 inference settings for reuse".  It holds image requests in exactly the shape of the
-``image_generator`` node's ``images`` items and is validated by that same model, so
-a pack can never contain a request the node would refuse.  Only the fields the
+``image_generator`` node's ``images`` items and is validated by that same model
+(supplied by the host from the node's ``pack_request`` declaration), so a pack can
+never contain a request the node would refuse.  Only the fields the
 author set are stored (``exclude_unset``): a pack request without ``baseModel`` or
 ``trainingId`` therefore picks up the run's global ones, which is what makes a pack
 reusable "with different trainings or models".
@@ -19,80 +20,30 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
-from imagenodes.errors import ImageNodesError, InputError, UnknownInferencePack
+from imagenodes.errors import InputError, UnknownInferencePack
 from imagenodes.library.trainings import normalize_uuid
 from imagenodes.workspace import Workspace
 
 PACKS_DIR = "packs"
 
 
-def validate_requests(
-    images: Sequence[Mapping[str, Any] | BaseModel], *, field: str = "images"
-) -> list[dict[str, Any]]:
-    """Validate image requests with the node's own model; coded error on the first bad one."""
-    from imagenodes.nodes.image_generator import (
-        IMAGE_FIELD_CODES,
-        ImageGenerator,
-        ImageRequest,
-        check_dimensions,
-    )
-    from imagenodes.registry.validation import to_error
-
-    if isinstance(images, str | bytes) or not isinstance(images, Sequence):
-        raise InputError(f"{field} must be a list of image requests", field=field)
-    out = []
-    for index, item in enumerate(images):
-        if isinstance(item, BaseModel):
-            item = item.model_dump(exclude_unset=True)
-        if not isinstance(item, Mapping):
-            raise InputError(
-                f"{field}.{index} must be an object with at least a prompt (got "
-                f"{type(item).__name__})",
-                field=f"{field}.{index}",
-            )
-        try:
-            request = ImageRequest.model_validate(dict(item))
-        except ValidationError as exc:
-            err = to_error(exc, ImageRequest, IMAGE_FIELD_CODES)
-            raise ImageGenerator.localise_error(
-                ImageNodesError(
-                    f"{field}.{index}: {err.message}",
-                    code=err.code,
-                    field=f"{field}.{index}.{err.field}" if err.field else f"{field}.{index}",
-                )
-            ) from None
-        try:
-            check_dimensions(request, f"{field}.{index}")
-        except ImageNodesError as exc:
-            raise ImageGenerator.localise_error(exc) from None
-        out.append(request.model_dump(mode="json", exclude_unset=True))
-    return out
+#: Validates a pack's image requests: (requests, field) → the JSON-ready requests to
+#: store, or a coded error naming the bad item.  The host supplies it from the node
+#: that declares ``pack_request`` (image_generator), so the library never imports a node.
+RequestValidator = Callable[[Sequence[Mapping[str, Any] | BaseModel], str], list[dict[str, Any]]]
 
 
 class InferencePackStore:
-    """Inference packs of one workspace (``host.packs``).
+    """Inference packs of one workspace (``host.packs``)."""
 
-    ``plugin_packs`` keeps the host's older ``host.packs()`` call working: calling the
-    store returns the plugin-pack listing it used to return (see docs/image_generator.md).
-    """
-
-    def __init__(
-        self,
-        workspace: Workspace,
-        *,
-        plugin_packs: Callable[[], list[dict[str, Any]]] | None = None,
-    ) -> None:
+    def __init__(self, workspace: Workspace, *, validate: RequestValidator | None = None) -> None:
         self.workspace = workspace
-        self._plugin_packs = plugin_packs
+        self._validate = validate
 
     def __repr__(self) -> str:
         return f"InferencePackStore({self.workspace.url!r})"
-
-    def __call__(self) -> list[dict[str, Any]]:
-        """Backward compatibility: ``host.packs()`` lists the *plugin* packs."""
-        return self._plugin_packs() if self._plugin_packs is not None else []
 
     # -- writing --------------------------------------------------------------------
     def create(
@@ -105,7 +56,15 @@ class InferencePackStore:
         overwrite: bool = False,
     ) -> dict[str, Any]:
         """Validate and store a pack; returns its record (``id`` is a new UUID unless given)."""
-        requests = validate_requests(images)
+        if isinstance(images, str | bytes) or not isinstance(images, Sequence):
+            raise InputError("images must be a list of image requests", field="images")
+        if self._validate is None:
+            raise InputError(
+                "no installed node declares inference pack requests (image_generator is "
+                "disabled or missing), so a pack cannot be validated",
+                field="images",
+            )
+        requests = self._validate(images, "images")
         if not requests:
             raise InputError("a pack needs at least one image request", field="images")
         pid = (

@@ -95,12 +95,18 @@ class SessionStore:
         self.workspace.remove(f"{SESSIONS_DIR}/{sid}", recursive=True)
 
     # -- history --------------------------------------------------------------------
-    def append(self, session_id: str, entry: Mapping[str, Any]) -> str:
-        """Add one generation to the session's history; returns the entry's reference."""
+    def new_entry(self, session_id: str, entry: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+        """(workspace path, record) of a new history entry, not yet written: a run
+        stages it with its files so a failed run adds nothing to the history."""
         sid = self.get(session_id)["id"]
         stamp = f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
         record = {"created": time.time(), **dict(entry)}
-        return self.workspace.write_json(f"{SESSIONS_DIR}/{sid}/history/{stamp}.json", record)
+        return f"{SESSIONS_DIR}/{sid}/history/{stamp}.json", record
+
+    def append(self, session_id: str, entry: Mapping[str, Any]) -> str:
+        """Add one generation to the session's history now; returns the entry's reference."""
+        rel, record = self.new_entry(session_id, entry)
+        return self.workspace.write_json(rel, record)
 
     def history(self, session_id: str, *, limit: int | None = None) -> list[dict[str, Any]]:
         """Entries oldest first; ``limit`` keeps the most recent ``limit`` entries."""

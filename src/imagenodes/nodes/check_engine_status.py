@@ -10,18 +10,14 @@ since answering that question is the node's job.
 
 from __future__ import annotations
 
-import os
-import time
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, Literal
 
 from pydantic import Field
 
-from imagenodes.errors import ConnectionConfigError, ImageNodesError
-from imagenodes.registry.context import RunContext
-from imagenodes.registry.hookspecs import hookimpl
-from imagenodes.registry.node import PIXELML_CONNECTION, Node, NodeInput, NodeOutput
+from imagenodes.nodes.common import PIXELML_CONNECTION
+from imagenodes.sdk import Node, NodeInput, NodeOutput, RunContext, hookimpl
 
 #: The connection is optional here: a missing or broken one is a status, not an error.
 _CONNECTION = replace(PIXELML_CONNECTION, required=False)
@@ -65,7 +61,7 @@ class CheckEngineStatusOutput(NodeOutput):
     memory: EngineMemory
 
 
-class CheckEngineStatus(Node):
+class CheckEngineStatus(Node[CheckEngineStatusInput, CheckEngineStatusOutput]):
     id = "check_engine_status"
     version = "1.0.0"
     title = "Check Engine Status"
@@ -74,90 +70,27 @@ class CheckEngineStatus(Node):
         "it is loaded, the device and memory use. Can load the model ahead of generation."
     )
     category = "engine"
-    Input = CheckEngineStatusInput
-    Output = CheckEngineStatusOutput
     connections = (_CONNECTION,)
 
     def run(self, inputs: CheckEngineStatusInput, ctx: RunContext) -> CheckEngineStatusOutput:
-        engine = ctx.engine
-        device = engine.status()["device"]
-        model = profile = dtype = None
-        load_ms: float | None = None
-        error: dict[str, Any] | None = None
-        loaded = False
-        try:
-            conn: Any = ctx.connection()
-            resolved = engine.resolve(conn)
-            model, profile = resolved.display_name, resolved.profile.name
-            device, dtype = engine.placement(conn, None)
-            loaded = _is_loaded(engine.cache.status(), resolved.source, dtype, device)
-            if inputs.initialize and not loaded:
-                start = time.perf_counter()
-                entry, _ = engine.cache.acquire(resolved, dtype, device, wait=ctx.check)
-                engine.cache.release(entry)
-                load_ms = round((time.perf_counter() - start) * 1000, 1)
-                loaded = True
-        except ConnectionConfigError as exc:
-            error = {"code": exc.code, "message": exc.message, "field": exc.field}
-        except ImageNodesError:
-            raise  # cancelled / timed out while loading
+        state = ctx.models.status(load=inputs.initialize)
+        error = state["error"]
+        loaded = bool(state["loaded"]) and error is None
         status: Literal["ready", "not_loaded", "unavailable"] = (
             "unavailable" if error else ("ready" if loaded else "not_loaded")
         )
         return CheckEngineStatusOutput(
-            initialized=loaded and error is None,
+            initialized=loaded,
             status=status,
-            model=model,
-            profile=profile,
-            device=device,
-            dtype=dtype,
-            loadMs=load_ms,
+            model=state["model"],
+            profile=state["profile"],
+            device=state["device"],
+            dtype=state["dtype"],
+            loadMs=state["load_ms"],
             error=error,
-            loadedModels=engine.cache.status(),
-            memory=_memory(engine, device),
+            loadedModels=state["loaded_models"],
+            memory=EngineMemory(**state["memory"]),
         )
-
-
-def _is_loaded(entries: list[dict[str, Any]], source: str, dtype: str, device: str) -> bool:
-    return any(
-        e["source"] == source and e["dtype"] == dtype and e["device"] == device for e in entries
-    )
-
-
-def _memory(engine: Any, device: str) -> EngineMemory:
-    status = engine.status()
-    mem = EngineMemory(cacheBytes=status["bytes"], cacheBudgetBytes=status["budget_bytes"])
-    mem.processRssBytes = _rss_bytes()
-    try:
-        pages, page = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
-        mem.systemTotalBytes = pages * page
-        mem.systemAvailableBytes = os.sysconf("SC_AVPHYS_PAGES") * page
-    except (ValueError, OSError, AttributeError):  # not on every platform
-        pass
-    if device == "cuda":
-        import torch
-
-        free, total = torch.cuda.mem_get_info()
-        mem.gpuFreeBytes, mem.gpuTotalBytes = int(free), int(total)
-        mem.gpuAllocatedBytes = int(torch.cuda.memory_allocated())
-    return mem
-
-
-def _rss_bytes() -> int | None:
-    """Current resident set size; /proc on Linux, else the peak from getrusage."""
-    try:
-        with open("/proc/self/statm") as fh:
-            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        import resource
-        import sys
-
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return int(peak if sys.platform == "darwin" else peak * 1024)
-    except (ImportError, OSError):
-        return None
 
 
 @hookimpl

@@ -11,11 +11,17 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, ConfigDict, Field
 
+from imagenodes.sdk import ConnectionRequirement, Prompt
 
-def _non_empty(value: str) -> str:
-    if not value.strip():
-        raise ValueError("prompt is empty or whitespace-only")
-    return value
+#: The seeds' nodes require a "PixelML Connection": here it configures the local
+#: diffusers runtime (connection category ``pixelml``).  Product-specific, so it lives
+#: beside the seed nodes rather than in the generic node contract.
+PIXELML_CONNECTION = ConnectionRequirement(
+    name="PixelML Connection",
+    description="The PixelML connection to call PixelML API.",
+    category="pixelml",
+    required=True,
+)
 
 
 def _non_negative(value: int) -> int:
@@ -24,7 +30,6 @@ def _non_negative(value: int) -> int:
     return value
 
 
-Prompt = Annotated[str, AfterValidator(_non_empty)]
 NonNegativeSize = Annotated[int, AfterValidator(_non_negative)]
 
 
@@ -57,6 +62,9 @@ SEED_FIELD_CODES = {
     "aspect_ratio": "INVALID_ASPECT_RATIO",
     "strength": "INVALID_STRENGTH",
 }
+
+
+__all__ = ["PIXELML_CONNECTION", "Prompt"]
 
 
 # -- the fields seeds 000 and 001 share, word for word ---------------------------------

@@ -1,4 +1,4 @@
-"""generate_image (seed 004, the MCP "generate-image" tool), plus its session nodes.
+"""generate_image (seed 004, the MCP "generate-image" tool).
 
 The output is the seed's shape: ``content`` holds one ``{type: "image", data: <base64
 PNG>, mimeType, metadata}`` item whose metadata carries *measured* times:
@@ -14,8 +14,8 @@ exactly the requested size, with notices saying so.  ``metadata.steps`` and
 ``guidance_scale`` are the values the model actually ran with (a family with a
 narrower range clamps them, again with a notice).
 
-Sessions (``create_session`` / ``session_history`` nodes, ``host.sessions``) record
-every generation of a session after its files are committed; an unknown
+Sessions (``create_session`` / ``session_history`` nodes in :mod:`.sessions`,
+``host.sessions``) record every generation of a session with its files; an unknown
 ``sessionId`` is INVALID_SESSION before anything is loaded.  A model that cannot be
 resolved or loaded is ENGINE_NOT_INITIALIZED with the underlying reason, and the
 node's 90 s timeout (enforced by the host) is GENERATION_TIMEOUT.
@@ -28,21 +28,23 @@ import time
 from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
-from PIL import Image
 from pydantic import Field
 
-from imagenodes.engine import notices as nc
-from imagenodes.engine.aspect import fit_size
-from imagenodes.engine.notices import Notice
-from imagenodes.engine.profiles import TEXT_TO_IMAGE
-from imagenodes.engine.request import MAX_SEED, GenerationRequest
-from imagenodes.errors import ConnectionConfigError, EngineNotInitialized
-from imagenodes.library import stores_for
-from imagenodes.nodes.common import Prompt
-from imagenodes.registry.context import RunContext
-from imagenodes.registry.hookspecs import hookimpl
-from imagenodes.registry.node import PIXELML_CONNECTION, Node, NodeInput, NodeOutput
-from imagenodes.workspace import encode_png
+from imagenodes.nodes.common import PIXELML_CONNECTION
+from imagenodes.sdk import (
+    MAX_SEED,
+    ConnectionConfigError,
+    EngineNotInitialized,
+    Exact,
+    ImageJob,
+    ImageNodesError,
+    Node,
+    NodeInput,
+    NodeOutput,
+    Prompt,
+    RunContext,
+    hookimpl,
+)
 
 #: The seed's hard limit on one generation.
 TIMEOUT_S = 90
@@ -132,7 +134,7 @@ def _ms(seconds: float) -> float:
     return round(seconds * 1000, 1)
 
 
-class GenerateImage(Node):
+class GenerateImage(Node[GenerateImageInput, GenerateImageOutput]):
     id = "generate_image"
     version = "1.0.0"
     title = "Generate Image"
@@ -142,9 +144,9 @@ class GenerateImage(Node):
         "via seed; returns a base64 PNG with timing metadata."
     )
     category = "image"
-    Input = GenerateImageInput
-    Output = GenerateImageOutput
     connections = (PIXELML_CONNECTION,)
+    #: ``content`` items are MCP image content already; ``images`` their references.
+    image_content = ("content", "images")
     field_codes: ClassVar[dict[str, str]] = {
         "prompt": "EMPTY_PROMPT",
         "width": "INVALID_DIMENSIONS",
@@ -164,111 +166,86 @@ class GenerateImage(Node):
 
     def run(self, inputs: GenerateImageInput, ctx: RunContext) -> GenerateImageOutput:
         started = time.perf_counter()
-        sessions = stores_for(ctx).sessions
+        sessions = ctx.library.sessions
         if inputs.sessionId is not None:
-            sessions.get(inputs.sessionId)
-
-        conn = ctx.connection()
-        try:
-            resolved = ctx.engine.resolve(conn)  # type: ignore[arg-type]
-        except ConnectionConfigError as exc:
-            raise _not_initialized(exc) from None
-        resolve_s = time.perf_counter() - started
-
+            sessions.get(inputs.sessionId)  # INVALID_SESSION before anything loads
         want = (inputs.width, inputs.height)
-        gen_w, gen_h, size_notes = fit_size(*want, resolved.profile, field="width/height")
-        for notice in size_notes:
-            ctx.notice(notice)
-        request = GenerationRequest(
-            task=TEXT_TO_IMAGE,
+        job = ImageJob.of(
+            inputs,
             prompt=inputs.prompt,
             guidance_scale=inputs.guidance_scale,
             steps=inputs.steps,
-            width=gen_w,
-            height=gen_h,
-            num_images=1,
+            size=Exact(*want, resample=True),
             seed=inputs.seed,
-            explicit=frozenset(inputs.model_fields_set),
         )
+        before_s = time.perf_counter() - started
         try:
-            result = ctx.generate(request)
-        except ConnectionConfigError as exc:  # the pipeline could not be loaded
+            generation = ctx.models.generate(job)
+        except ConnectionConfigError as exc:  # the model cannot be routed or loaded
             raise _not_initialized(exc) from None
-        resize_start = time.perf_counter()
-        image = result.images[0]
-        if image.size != want:
-            ctx.notice(
-                Notice(
-                    nc.SIZE_RESAMPLED,
-                    "width/height",
-                    f"{want[0]}x{want[1]}",
-                    f"{image.width}x{image.height} resized to {want[0]}x{want[1]}",
-                    f"{resolved.profile.title} generates {image.width}x{image.height} for this "
-                    "request; the image was resized to the requested size",
-                )
-            )
-            image = image.resize(want, Image.Resampling.LANCZOS)
-        resize_s = time.perf_counter() - resize_start
-
-        ctx.check()
-        effective = result.request
-        seed = result.seeds[0]
+        image = generation.images[0]
+        ctx.util.check()
+        effective = generation.params
+        seed = generation.seeds[0]
+        gen_w, gen_h = generation.generated_size
         meta: dict[str, Any] = {
             "prompt": inputs.prompt,
             "seed": seed,
             "width": want[0],
             "height": want[1],
             "generated_size": f"{gen_w}x{gen_h}",
-            "steps": effective.steps,
-            "guidance_scale": effective.guidance_scale,
-            "model": result.model.display_name,
+            "steps": effective["steps"],
+            "guidance_scale": effective["guidance_scale"],
+            "model": generation.model.name,
             "session_id": inputs.sessionId,
         }
         encode_start = time.perf_counter()
-        png = encode_png(
-            image, {"node": self.id, "node_version": self.version, "run_id": ctx.run_id, **meta}
-        )
+        png = ctx.images.encode(image, meta)
         data = base64.b64encode(png).decode("ascii")
         encode_s = time.perf_counter() - encode_start
         latency_s = time.perf_counter() - started
-        # store_image builds the same metadata dict, so the stored file has these bytes.
-        ref = ctx.store_image(image, meta, name="image-0.png")
+        ref = ctx.images.save(png, name="image-0.png")  # the very bytes returned inline
 
+        timings = generation.timings
         metadata = ImageMetadata(
             latencyMs=_ms(latency_s),
             profiling=Profiling(
-                initTime=_ms(resolve_s) + round(result.timings.get("load_ms", 0.0), 1),
-                generationTime=round(result.timings.get("generate_ms", 0.0), 1) + _ms(resize_s),
+                initTime=round(
+                    before_s * 1000 + timings.get("route_ms", 0.0) + timings.get("load_ms", 0.0),
+                    1,
+                ),
+                generationTime=round(timings.get("generate_ms", 0.0), 1),
                 encodingTime=_ms(encode_s),
             ),
             seed=seed,
             width=want[0],
             height=want[1],
-            steps=int(effective.steps or inputs.steps),
+            steps=int(effective["steps"] or inputs.steps),
             guidance_scale=float(
-                effective.guidance_scale
-                if effective.guidance_scale is not None
+                effective["guidance_scale"]
+                if effective["guidance_scale"] is not None
                 else inputs.guidance_scale
             ),
         )
         if inputs.sessionId is not None:
-            entry = {
-                "run_id": ctx.run_id,
-                "prompt": inputs.prompt,
-                "parameters": {
-                    "width": want[0],
-                    "height": want[1],
-                    "steps": metadata.steps,
-                    "guidance_scale": metadata.guidance_scale,
-                    "seed": inputs.seed,
+            sessions.append(
+                inputs.sessionId,
+                {
+                    "run_id": ctx.run_id,
+                    "prompt": inputs.prompt,
+                    "parameters": {
+                        "width": want[0],
+                        "height": want[1],
+                        "steps": metadata.steps,
+                        "guidance_scale": metadata.guidance_scale,
+                        "seed": inputs.seed,
+                    },
+                    "seed": seed,
+                    "image": ref,
+                    "model": generation.model.name,
+                    "latencyMs": metadata.latencyMs,
                 },
-                "seed": seed,
-                "image": ref,
-                "model": result.model.display_name,
-                "latencyMs": metadata.latencyMs,
-            }
-            session_id = inputs.sessionId
-            ctx.after_commit(lambda: sessions.append(session_id, entry))
+            )
         return GenerateImageOutput(
             content=[ImageContent(data=data, metadata=metadata)],
             images=[ref],
@@ -276,7 +253,7 @@ class GenerateImage(Node):
         )
 
 
-def _not_initialized(exc: ConnectionConfigError) -> EngineNotInitialized:
+def _not_initialized(exc: ImageNodesError) -> EngineNotInitialized:
     return EngineNotInitialized(
         f"the engine could not be initialised: {exc.message}",
         field=exc.field or "model",
@@ -284,72 +261,6 @@ def _not_initialized(exc: ConnectionConfigError) -> EngineNotInitialized:
     )
 
 
-# -- sessions --------------------------------------------------------------------------
-class CreateSessionInput(NodeInput):
-    """Start an iteration history for generate_image."""
-
-    sessionId: str | None = Field(
-        default=None,
-        title="Session id",
-        description="Id to create (letters, digits, '.', '_', '-'); a new one when empty.",
-    )
-    name: str | None = Field(default=None, title="Name", description="A label for the session.")
-
-
-class CreateSessionOutput(NodeOutput):
-    sessionId: str
-    name: str
-    created: float
-
-
-class CreateSession(Node):
-    id = "create_session"
-    version = "1.0.0"
-    title = "Create Session"
-    description = "Create a session whose generate_image calls are kept as an iteration history."
-    category = "session"
-    Input = CreateSessionInput
-    Output = CreateSessionOutput
-
-    def run(self, inputs: CreateSessionInput, ctx: RunContext) -> CreateSessionOutput:
-        record = stores_for(ctx).sessions.create(inputs.sessionId, name=inputs.name)
-        return CreateSessionOutput(
-            sessionId=record["id"], name=record["name"], created=record["created"]
-        )
-
-
-class SessionHistoryInput(NodeInput):
-    """List a session's generations, oldest first."""
-
-    sessionId: str = Field(title="Session id", description="An existing session.")
-    limit: int | None = Field(
-        default=None, ge=1, le=1000, title="Limit", description="Only the most recent entries."
-    )
-
-
-class SessionHistoryOutput(NodeOutput):
-    sessionId: str
-    entries: list[dict[str, Any]] = Field(
-        description="One per generation: run_id, prompt, parameters, seed, image reference."
-    )
-
-
-class SessionHistory(Node):
-    id = "session_history"
-    version = "1.0.0"
-    title = "Session History"
-    description = "List the generations of a session: prompt, parameters, seed and image."
-    category = "session"
-    Input = SessionHistoryInput
-    Output = SessionHistoryOutput
-
-    def run(self, inputs: SessionHistoryInput, ctx: RunContext) -> SessionHistoryOutput:
-        entries = stores_for(ctx).sessions.history(inputs.sessionId, limit=inputs.limit)
-        return SessionHistoryOutput(sessionId=inputs.sessionId, entries=entries)
-
-
 @hookimpl
 def register_nodes(register: Callable[[type], None]) -> None:
     register(GenerateImage)
-    register(CreateSession)
-    register(SessionHistory)

@@ -1,8 +1,8 @@
 """generate_image_v2 (seed 000): text-to-image with the seed's exact input/output schema.
 
-One pipeline call with ``num_images_per_prompt`` = batch_size (split only where the
-family's per-call limit is lower), sized by the aspect-ratio table of
-:mod:`imagenodes.engine.aspect` for the routed model.
+The size is the seed's aspect-ratio table (``9:16_HD`` …) resolved for the routed
+model by the engine; one pipeline call with ``num_images_per_prompt`` = batch_size,
+split only where the family's per-call limit is lower.
 """
 
 from __future__ import annotations
@@ -12,10 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from imagenodes.engine.aspect import aspect_size
-from imagenodes.engine.profiles import TEXT_TO_IMAGE
-from imagenodes.engine.request import GenerationRequest
 from imagenodes.nodes.common import (
+    PIXELML_CONNECTION,
     SEED_FIELD_CODES,
     Prompt,
     batch_size_field,
@@ -27,9 +25,7 @@ from imagenodes.nodes.common import (
     seed_model_config,
     steps_field,
 )
-from imagenodes.registry.context import RunContext
-from imagenodes.registry.hookspecs import hookimpl
-from imagenodes.registry.node import PIXELML_CONNECTION, Node
+from imagenodes.sdk import Aspect, ImageJob, Node, RunContext, hookimpl
 
 AspectRatio = Literal[
     "1:1",
@@ -76,7 +72,7 @@ class GenerateImageV2NodeOutput(BaseModel):
     images: list[str] = images_output_field()
 
 
-class GenerateImageV2(Node):
+class GenerateImageV2(Node[GenerateImageV2NodeInput, GenerateImageV2NodeOutput]):
     id = "generate_image_v2"
     version = "2.0.0"
     title = "Generate Image V2"
@@ -85,31 +81,23 @@ class GenerateImageV2(Node):
         "to see, and watch the AI bring it to life."
     )
     category = "image"
-    Input = GenerateImageV2NodeInput
-    Output = GenerateImageV2NodeOutput
     connections = (PIXELML_CONNECTION,)
     field_codes = SEED_FIELD_CODES
 
     def run(self, inputs: GenerateImageV2NodeInput, ctx: RunContext) -> GenerateImageV2NodeOutput:
-        resolved = ctx.engine.resolve(ctx.connection())  # type: ignore[arg-type]
-        width, height, size_notes = aspect_size(inputs.aspect_ratio, resolved.profile)
-        for notice in size_notes:
-            ctx.notice(notice)
-        request = GenerationRequest(
-            task=TEXT_TO_IMAGE,
+        job = ImageJob.of(
+            inputs,
             prompt=inputs.prompt,
             negative_prompt=inputs.negative_prompt,
             guidance_scale=inputs.guidance_scale,
             steps=inputs.steps,
-            width=width,
-            height=height,
-            num_images=inputs.batch_size,
+            size=Aspect.parse(inputs.aspect_ratio),
+            count=inputs.batch_size,
             seed=inputs.seed,
-            explicit=frozenset(inputs.model_fields_set),
         )
-        result = ctx.generate(request)
-        refs = ctx.store_generation(result, {"aspect_ratio": inputs.aspect_ratio})
-        return GenerateImageV2NodeOutput(images=refs)
+        generation = ctx.models.generate(job)
+        images = ctx.images.save_generation(generation, {"aspect_ratio": inputs.aspect_ratio})
+        return GenerateImageV2NodeOutput(images=images)
 
 
 @hookimpl

@@ -18,20 +18,29 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import ConfigDict, Field
+from pydantic import AfterValidator, ConfigDict, Field
 
-from imagenodes.engine.notices import Notice
-from imagenodes.engine.profiles import TEXT_TO_IMAGE
-from imagenodes.engine.request import MAX_SEED, GenerationRequest, draw_seed
-from imagenodes.engine.routing import ResolvedModel
-from imagenodes.errors import ConnectionConfigError, ImageNodesError, InputError, InvalidDimensions
-from imagenodes.library import stores_for
-from imagenodes.nodes.common import NEGATIVE_PROMPT_DESCRIPTION, Prompt
-from imagenodes.registry.context import RunContext
-from imagenodes.registry.hookspecs import hookimpl
-from imagenodes.registry.node import PIXELML_CONNECTION, Node, NodeInput, NodeOutput
+from imagenodes.nodes.common import NEGATIVE_PROMPT_DESCRIPTION, PIXELML_CONNECTION
+from imagenodes.sdk import (
+    MAX_SEED,
+    ConnectionConfigError,
+    Exact,
+    ImageJob,
+    ImageNodesError,
+    InputError,
+    ModelInfo,
+    Node,
+    NodeInput,
+    NodeOutput,
+    Notice,
+    Prompt,
+    RunContext,
+    Training,
+    draw_seed,
+    hookimpl,
+)
 
 #: Limits the seed leaves open, picked here (documented in docs/image_generator.md).
 MAX_STEPS = 60  # the seed's "number (60)": read as the maximum
@@ -48,6 +57,22 @@ IMAGE_FIELD_CODES: dict[str, str] = {
     "guidanceScale": "INVALID_GUIDANCE_SCALE",
     "batchSize": "BATCH_SIZE_EXCEEDED",
 }
+
+
+def _multiple_of_size(value: int) -> int:
+    """Multiple-of-8 check with a message naming the whole allowed range.
+
+    A validator rather than pydantic's ``multiple_of``: the generic message names only
+    the multiple, which reads wrong next to the min/max the form shows.
+    """
+    if value % SIZE_MULTIPLE:
+        raise ValueError(
+            f"must be a multiple of {SIZE_MULTIPLE} between {MIN_SIZE} and {MAX_SIZE} (got {value})"
+        )
+    return value
+
+
+Dimension = Annotated[int, AfterValidator(_multiple_of_size)]
 
 _SIZE_DESCRIPTION = (
     f"must be a multiple of {SIZE_MULTIPLE} between {MIN_SIZE} and {MAX_SIZE}. Models that "
@@ -86,7 +111,7 @@ class ImageRequest(NodeInput):
         title="Steps",
         description="Number of diffusion steps. Higher = more detailed images but slower.",
     )
-    width: int = Field(
+    width: Dimension = Field(
         default=1024,
         ge=MIN_SIZE,
         le=MAX_SIZE,
@@ -94,7 +119,7 @@ class ImageRequest(NodeInput):
         description=f"Image width; {_SIZE_DESCRIPTION}",
         json_schema_extra={"multipleOf": SIZE_MULTIPLE},
     )
-    height: int = Field(
+    height: Dimension = Field(
         default=1024,
         ge=MIN_SIZE,
         le=MAX_SIZE,
@@ -204,7 +229,7 @@ class _Planned:
     where: str  # field prefix for errors: images.3 / pack.images.0
     request: ImageRequest
     spec: str | None = None
-    resolved: ResolvedModel | None = None
+    resolved: ModelInfo | None = None
     training: dict[str, Any] | None = None
     lora_path: str | None = None
     seeds: list[int] = field(default_factory=list)
@@ -212,23 +237,7 @@ class _Planned:
     size: tuple[int, int] = (0, 0)
 
 
-def check_dimensions(request: ImageRequest, where: str) -> None:
-    """Multiple-of-8 check with a message naming the whole allowed range.
-
-    Done here rather than with pydantic's ``multiple_of`` because the generic
-    validation message names only the min/max, which reads wrong for e.g. 100.
-    """
-    for name in ("width", "height"):
-        value = getattr(request, name)
-        if value % SIZE_MULTIPLE:
-            raise InvalidDimensions(
-                f"{where}.{name} must be a multiple of {SIZE_MULTIPLE} between {MIN_SIZE} and "
-                f"{MAX_SIZE} (got {value})",
-                field=f"{where}.{name}",
-            )
-
-
-class ImageGenerator(Node):
+class ImageGenerator(Node[ImageGeneratorInput, ImageGeneratorOutput]):
     id = "image_generator"
     version = "1.0.0"
     title = "Image Generator"
@@ -238,9 +247,9 @@ class ImageGenerator(Node):
         "merged with a saved inference pack, generated in as few batched calls as possible."
     )
     category = "image"
-    Input = ImageGeneratorInput
-    Output = ImageGeneratorOutput
     connections = (PIXELML_CONNECTION,)
+    #: Inference packs hold requests of this shape (validated by this model).
+    pack_request = ImageRequest
     field_codes: ClassVar[dict[str, str]] = IMAGE_FIELD_CODES
     # The shared texts name seed 000's ranges (guidance 0–15, 50 steps, 8 images).
     solutions: ClassVar[dict[str, str]] = {
@@ -266,7 +275,7 @@ class ImageGenerator(Node):
                     source=p.source,
                     index=p.index,
                     prompt=p.request.prompt,
-                    model=p.resolved.display_name if p.resolved else "",
+                    model=p.resolved.name if p.resolved else "",
                     trainingId=p.training["id"] if p.training else None,
                     scale=p.request.scale if p.training else None,
                     width=p.size[0],
@@ -287,7 +296,7 @@ class ImageGenerator(Node):
         the pack plus any additional ones you specify")."""
         plan: list[_Planned] = []
         if inputs.inferencePackId:
-            pack = stores_for(ctx).packs.get(inputs.inferencePackId)
+            pack = ctx.library.packs.get(inputs.inferencePackId)
             for i, raw in enumerate(pack.get("images") or []):
                 try:
                     request = ImageRequest.model_validate(raw)
@@ -313,17 +322,14 @@ class ImageGenerator(Node):
                 code="BATCH_SIZE_EXCEEDED",
                 field="images",
             )
-        for item in plan:
-            check_dimensions(item.request, item.where)
         return plan
 
     @staticmethod
     def _resolve(plan: list[_Planned], inputs: ImageGeneratorInput, ctx: RunContext) -> None:
         """Trainings and models of every request, before anything is generated, so a bad
         id in request 40 fails the run before 39 requests were computed for nothing."""
-        trainings = stores_for(ctx).trainings
-        conn = ctx.connection()
-        models: dict[str | None, ResolvedModel] = {}
+        trainings = ctx.library.trainings
+        models: dict[str | None, ModelInfo] = {}
         for item in plan:
             req = item.request
             if req.trainingId:
@@ -345,14 +351,14 @@ class ImageGenerator(Node):
                 item.spec, where = None, "model"  # the connection's model
             if item.spec not in models:
                 try:
-                    models[item.spec] = ctx.engine.resolve(conn, item.spec)  # type: ignore[arg-type]
+                    models[item.spec] = ctx.models.lookup(item.spec)
                 except ConnectionConfigError as exc:
                     raise ConnectionConfigError(
                         f"{where}: {exc.message}", field=where, details=exc.details
                     ) from None
             item.resolved = models[item.spec]
             if base and item.spec and item.spec != base:
-                ctx.notice(
+                ctx.util.notice(
                     Notice(
                         TRAINING_BASE_MODEL,
                         where,
@@ -379,22 +385,19 @@ class ImageGenerator(Node):
                 negatives.append(item.request.negativePrompt or "")
                 seeds.append((start + k) % (MAX_SEED + 1))
                 owners.append((item, k))
-        request = GenerationRequest(
-            task=TEXT_TO_IMAGE,
+        job = ImageJob(
             prompt=prompts,
             # "" is the pipelines' own unconditional prompt, so mixing requests with and
             # without a negative prompt in one call changes nothing for the latter.
             negative_prompt=negatives if any(negatives) else None,
             guidance_scale=req.guidanceScale,
             steps=req.steps,
-            width=req.width,
-            height=req.height,
-            num_images=len(prompts),
+            size=Exact(req.width, req.height),
             seed=seeds[0],
             seeds=seeds,
             precision=req.precision,
-            lora_path=first.lora_path,
-            lora_scale=req.scale,
+            training=Training(first.lora_path, req.scale) if first.lora_path else None,
+            model=first.spec,
             explicit=frozenset(
                 name
                 for item in members
@@ -402,31 +405,30 @@ class ImageGenerator(Node):
                 if name in ("negativePrompt", "steps", "guidanceScale", "precision")
             ),
         )
-        assert first.resolved is not None
-        result = ctx.generate(request, model=first.spec)
-        effective = result.request
-        for (item, k), image, seed in zip(owners, result.images, result.seeds, strict=True):
+        generation = ctx.models.generate(job)
+        effective = generation.params
+        for (item, k), image, seed in zip(owners, generation.images, generation.seeds, strict=True):
             meta = {
                 "prompt": item.request.prompt,
                 "negative_prompt": item.request.negativePrompt,
                 "seed": seed,
-                "model": result.model.display_name,
-                "profile": result.model.profile.name,
+                "model": generation.model.name,
+                "profile": generation.model.profile,
                 "training_id": item.training["id"] if item.training else None,
                 "scale": item.request.scale if item.training else None,
-                "steps": effective.steps,
-                "guidance_scale": effective.guidance_scale,
+                "steps": effective["steps"],
+                "guidance_scale": effective["guidance_scale"],
                 "width": image.width,
                 "height": image.height,
-                "precision": effective.precision,
+                "precision": effective["precision"],
                 "request": f"{item.source}[{item.index}]",
                 "batch_index": k,
             }
             name = f"{item.source}-{item.index:03d}-{k}.png"
-            item.images.append(ctx.store_image(image, meta, name=name))
+            item.images.append(ctx.images.save(image, meta, name=name))
             item.seeds.append(seed)
             item.size = (image.width, image.height)
-        return result.pipeline_calls
+        return generation.pipeline_calls
 
 
 def group_key(item: _Planned) -> tuple[Any, ...]:

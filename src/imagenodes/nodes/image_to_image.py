@@ -1,7 +1,7 @@
 """image_to_image (seed 001): transform a source image, with the seed's exact schema.
 
-width/height 0 means "the source's size" (rounded to the model's multiple); one of
-them 0 keeps the source's aspect.  SD-family models run img2img with ``strength``;
+width/height 0 means "the source's size" (rounded to the model's multiple by the
+engine); one of them 0 keeps the source's aspect.  SD-family models run img2img with ``strength``;
 InstructPix2Pix models are routed to an instruction edit that uses
 ``image_guidance_scale``; SDXL and FLUX get ``prompt_2``.
 """
@@ -13,9 +13,8 @@ from typing import ClassVar
 
 from pydantic import BaseModel, Field
 
-from imagenodes.engine.profiles import IMAGE_TO_IMAGE
-from imagenodes.engine.request import GenerationRequest
 from imagenodes.nodes.common import (
+    PIXELML_CONNECTION,
     SEED_FIELD_CODES,
     NonNegativeSize,
     Prompt,
@@ -28,9 +27,15 @@ from imagenodes.nodes.common import (
     seed_model_config,
     steps_field,
 )
-from imagenodes.registry.context import RunContext
-from imagenodes.registry.hookspecs import hookimpl
-from imagenodes.registry.node import PIXELML_CONNECTION, Node
+from imagenodes.sdk import (
+    IMAGE_TO_IMAGE,
+    FromSource,
+    ImageJob,
+    ImageRef,
+    Node,
+    RunContext,
+    hookimpl,
+)
 
 
 class ImageToImageNodeInput(BaseModel):
@@ -38,7 +43,7 @@ class ImageToImageNodeInput(BaseModel):
 
     model_config = seed_model_config("ImageToImageNodeInput")
 
-    source_image: str = Field(
+    source_image: ImageRef = Field(
         title="Source Image",
         description="The image to use as the source for the image to image generation.",
     )
@@ -77,19 +82,7 @@ class ImageToImageNodeOutput(BaseModel):
     images: list[str] = images_output_field()
 
 
-def target_size(source: tuple[int, int], width: int, height: int) -> tuple[int, int]:
-    """0 = from the source; one side 0 keeps the source's aspect ratio."""
-    sw, sh = source
-    if width and height:
-        return width, height
-    if width:
-        return width, max(1, round(width * sh / sw))
-    if height:
-        return max(1, round(height * sw / sh)), height
-    return sw, sh
-
-
-class ImageToImage(Node):
+class ImageToImage(Node[ImageToImageNodeInput, ImageToImageNodeOutput]):
     id = "image_to_image"
     version = "1.0.0"
     title = "Image to Image"
@@ -98,8 +91,6 @@ class ImageToImage(Node):
         "to see, and watch the AI bring it to life."
     )
     category = "image"
-    Input = ImageToImageNodeInput
-    Output = ImageToImageNodeOutput
     connections = (PIXELML_CONNECTION,)
     field_codes: ClassVar[dict[str, str]] = {
         **SEED_FIELD_CODES,
@@ -116,9 +107,8 @@ class ImageToImage(Node):
     }
 
     def run(self, inputs: ImageToImageNodeInput, ctx: RunContext) -> ImageToImageNodeOutput:
-        source = ctx.load_image(inputs.source_image, field="source_image")
-        width, height = target_size(source.size, inputs.width, inputs.height)
-        request = GenerationRequest(
+        job = ImageJob.of(
+            inputs,
             task=IMAGE_TO_IMAGE,
             prompt=inputs.prompt,
             prompt_2=inputs.prompt_2,
@@ -127,16 +117,14 @@ class ImageToImage(Node):
             image_guidance_scale=inputs.image_guidance_scale,
             strength=inputs.strength,
             steps=inputs.steps,
-            width=width,
-            height=height,
-            num_images=inputs.batch_size,
+            size=FromSource(inputs.width, inputs.height),
+            count=inputs.batch_size,
             seed=inputs.seed,
-            image=source,
-            explicit=frozenset(inputs.model_fields_set),
+            sources=[ctx.images.load(inputs.source_image)],
         )
-        result = ctx.generate(request)
-        refs = ctx.store_generation(result, {"source_image": _short(inputs.source_image)})
-        return ImageToImageNodeOutput(images=refs)
+        generation = ctx.models.generate(job)
+        extra = {"source_image": _short(inputs.source_image)}
+        return ImageToImageNodeOutput(images=ctx.images.save_generation(generation, extra))
 
 
 def _short(source: str) -> str:

@@ -1,30 +1,38 @@
-"""The run context: the only door a node has to storage, models, connections and progress.
+"""The host's run context: the implementation behind ``ctx.images/models/library/util``.
 
 Everything a node produces goes through here, which is how the host can promise that
 a rejected, failed, cancelled or timed-out run leaves nothing in the workspace (files
-are staged in memory and committed only when the node returns), and that every
-adaptation, seed and timing ends up in the result and in ``run.json``.
+and library records are staged in memory and committed only when the node returns),
+and that every adaptation, seed and timing ends up in the result and in ``run.json``.
+The accounting (:class:`RunRecord`) is the host's: a node can add notices, but it
+cannot reach the seeds, timings, the engine, its cache or the host.
 """
 
 from __future__ import annotations
 
+import json
 import threading
+import warnings
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
+from imagenodes.engine.job import Generation, ImageJob, ModelInfo
 from imagenodes.engine.notices import Notice
-from imagenodes.errors import Cancelled, GenerationTimeout
+from imagenodes.errors import Cancelled, ConnectionConfigError, GenerationTimeout
 from imagenodes.registry import events as ev
 from imagenodes.registry.events import Event
+from imagenodes.sdk import RunContext
 
 if TYPE_CHECKING:
     from imagenodes.connections.base import Connection
-    from imagenodes.engine.engine import Engine, GenerationResult
-    from imagenodes.engine.request import GenerationRequest
-    from imagenodes.workspace import Workspace
+    from imagenodes.engine.config import RuntimeConfig
+    from imagenodes.engine.engine import Engine
+    from imagenodes.library import InferencePackStore, SessionStore, TrainingStore
+    from imagenodes.workspace import Staging, Workspace
 
 
 class CancelToken:
@@ -59,7 +67,83 @@ class CancelToken:
         return self._event.wait(timeout)
 
 
-class RunContext:
+@dataclass
+class RunRecord:
+    """The host's private accounting of one run (what RunResult and run.json report)."""
+
+    notices: list[Notice] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    effective: list[dict[str, Any]] = field(default_factory=list)
+    stored: list[str] = field(default_factory=list)
+    pipeline_calls: int = 0
+    models: list[str] = field(default_factory=list)
+
+    def add_timing(self, name: str, ms: float) -> None:
+        self.timings[name] = self.timings.get(name, 0.0) + ms
+
+    def add_generation(self, result: Generation) -> None:
+        self.notices.extend(result.notices)
+        self.seeds.extend(result.seeds)
+        for key, ms in result.timings.items():
+            self.add_timing(key, ms)
+        self.pipeline_calls += result.pipeline_calls
+        self.models.append(result.model.name)
+        self.effective.append(
+            {
+                **result.params,
+                "model": result.model.name,
+                "profile": result.model.profile,
+                "device": result.device,
+                "dtype": result.dtype,
+                "threads": result.threads,
+            }
+        )
+
+
+class RunUtil:
+    """``ctx.util`` — and the engine's ``control``: cancellation, deadline, events."""
+
+    def __init__(
+        self,
+        *,
+        run_id: str,
+        node_id: str,
+        token: CancelToken,
+        deadline: float | None,
+        timeout: float | None,
+        on_event: Callable[[Event], None] | None,
+        record: RunRecord,
+    ) -> None:
+        self._run_id = run_id
+        self._node_id = node_id
+        self._token = token
+        self._deadline = deadline
+        self._timeout = timeout
+        self._on_event = on_event
+        self._record = record
+
+    def check(self) -> None:
+        if self._token.cancelled:
+            raise Cancelled(f"run {self._run_id} was {self._token.reason}", field=None)
+        if self._deadline is not None and time.monotonic() > self._deadline:
+            self._token.cancel("timed out")
+            raise GenerationTimeout(
+                f"run {self._run_id} exceeded its timeout of {self._timeout:g} s",
+                field="timeout",
+            )
+
+    def emit(self, type: str, **data: Any) -> None:
+        if self._on_event is not None:
+            self._on_event(Event(type, self._run_id, self._node_id, data))
+
+    def notice(self, notice: Notice) -> None:
+        self._record.notices.append(notice)
+
+
+class RunImages:
+    """``ctx.images``: inputs loaded by the host, outputs staged with the run."""
+
     def __init__(
         self,
         *,
@@ -67,151 +151,229 @@ class RunContext:
         node_id: str,
         node_version: str,
         workspace: Workspace,
-        engine: Engine,
-        connections: Mapping[str, Connection],
-        connection_resolver: Callable[[str], Connection],
-        staging: Any,
-        token: CancelToken,
-        deadline: float | None,
-        timeout: float | None,
-        on_event: Callable[[Event], None] | None,
-        services: Mapping[str, Any] | None = None,
+        staging: Staging,
+        util: RunUtil,
+        record: RunRecord,
+    ) -> None:
+        self._run_id = run_id
+        self._node_id = node_id
+        self._node_version = node_version
+        self._workspace = workspace
+        self._staging = staging
+        self._util = util
+        self._record = record
+        #: ImageRef inputs the host loaded before ``run``: value → (field, image).
+        self._loaded: dict[str, tuple[str, Image.Image]] = {}
+
+    def preload(self, value: str, field: str) -> Image.Image:
+        """Load an ``ImageRef`` input; errors name ``field`` (the host calls this)."""
+        from imagenodes.workspace import load_image
+
+        hit = self._loaded.get(value)
+        if hit is not None:
+            return hit[1]
+        self._util.check()
+        image = load_image(value, self._workspace, field=field)
+        self._loaded[value] = (field, image)
+        return image
+
+    def loaded(self) -> list[tuple[str, Image.Image]]:
+        """(field, image) of every preloaded input, in load order (cache keys)."""
+        return list(self._loaded.values())
+
+    def load(self, ref: str, *, field: str | None = None) -> Image.Image:
+        hit = self._loaded.get(ref)
+        if hit is not None:
+            return hit[1]
+        return self.preload(ref, field or "image")
+
+    def _metadata(self, metadata: Mapping[str, Any] | None) -> dict[str, Any]:
+        return {
+            "node": self._node_id,
+            "node_version": self._node_version,
+            "run_id": self._run_id,
+            **dict(metadata or {}),
+        }
+
+    def encode(self, image: Image.Image, metadata: Mapping[str, Any] | None = None) -> bytes:
+        from imagenodes.workspace import encode_png
+
+        start = time.perf_counter()
+        data = encode_png(image, self._metadata(metadata))
+        self._record.add_timing("encode_ms", (time.perf_counter() - start) * 1000)
+        return data
+
+    def save(
+        self,
+        image: Image.Image | bytes,
+        metadata: Mapping[str, Any] | None = None,
+        *,
+        name: str | None = None,
+    ) -> str:
+        self._util.check()
+        data = image if isinstance(image, bytes) else self.encode(image, metadata)
+        name = name or f"image-{len(self._record.stored)}.png"
+        ref = self._staging.add(name, data)
+        self._record.stored.append(ref)
+        return ref
+
+    def save_generation(
+        self,
+        generation: Generation,
+        extra: Mapping[str, Any] | None = None,
+        *,
+        prefix: str = "image",
+    ) -> list[str]:
+        refs = []
+        base = {**generation.params, "model": generation.model.name}
+        base.pop("lora_path", None)
+        for image, seed in zip(generation.images, generation.seeds, strict=True):
+            meta = {**base, **(extra or {}), "seed": seed, "num_images": 1}
+            name = f"{prefix}-{len(self._record.stored)}.png"
+            refs.append(self.save(image, meta, name=name))
+        return refs
+
+
+class RunModels:
+    """``ctx.models``: the engine through the run's ``pixelml`` connection.
+
+    The engine is created on first use, so a node that never calls these never
+    imports torch.
+    """
+
+    def __init__(
+        self,
+        *,
+        engine: Callable[[], Engine],
+        config: Callable[[], RuntimeConfig],
+        util: RunUtil,
+        record: RunRecord,
+    ) -> None:
+        self._engine = engine
+        self._config = config
+        self._util = util
+        self._record = record
+
+    def generate(self, job: ImageJob) -> Generation:
+        result = self._engine().generate(job, self._config(), control=self._util)
+        self._record.add_generation(result)
+        return result
+
+    def lookup(self, model: str | None = None) -> ModelInfo:
+        return self._engine().route(self._config(), model).info()
+
+    def status(self, *, load: bool = False) -> dict[str, Any]:
+        config: RuntimeConfig | ConnectionConfigError
+        try:
+            config = self._config()
+        except ConnectionConfigError as exc:  # reported in the status, not raised
+            config = exc
+        return self._engine().model_status(config, load=load, control=self._util)
+
+
+class StagedSessions:
+    """Sessions whose history appends are written with the run's files."""
+
+    def __init__(self, store: SessionStore, staging: Staging) -> None:
+        self._store = store
+        self._staging = staging
+
+    def get(self, session_id: str, *, field: str = "sessionId") -> dict[str, Any]:
+        return self._store.get(session_id, field=field)
+
+    def create(self, session_id: str | None = None, *, name: str | None = None) -> dict[str, Any]:
+        return self._store.create(session_id, name=name)
+
+    def history(self, session_id: str, *, limit: int | None = None) -> list[dict[str, Any]]:
+        return self._store.history(session_id, limit=limit)
+
+    def append(self, session_id: str, entry: Mapping[str, Any]) -> None:
+        rel, record = self._store.new_entry(session_id, entry)
+        self._staging.add_record(rel, json.dumps(record, indent=2).encode())
+
+
+class RunLibrary:
+    """``ctx.library``: the workspace's trainings, inference packs and sessions."""
+
+    def __init__(
+        self,
+        *,
+        trainings: TrainingStore,
+        packs: InferencePackStore,
+        sessions: SessionStore,
+        staging: Staging,
+    ) -> None:
+        self._trainings = trainings
+        self._packs = packs
+        self._sessions = StagedSessions(sessions, staging)
+
+    @property
+    def trainings(self) -> TrainingStore:
+        return self._trainings
+
+    @property
+    def packs(self) -> InferencePackStore:
+        return self._packs
+
+    @property
+    def sessions(self) -> StagedSessions:
+        return self._sessions
+
+
+class HostRunContext(RunContext):
+    """The context the executor builds for each run."""
+
+    def __init__(
+        self,
+        *,
+        run_id: str,
+        node_id: str,
+        images: RunImages,
+        models: RunModels,
+        library: RunLibrary,
+        util: RunUtil,
+        connection: Callable[[str], Connection],
     ) -> None:
         self.run_id = run_id
         self.node_id = node_id
-        self.node_version = node_version
-        self.workspace = workspace
-        self._engine = engine
-        self._connections = dict(connections)
-        self._resolve_connection = connection_resolver
-        self._staging = staging
-        self.token = token
-        self._deadline = deadline
-        self._timeout = timeout
-        self._on_event = on_event
-        self.services = dict(services or {})
-        self.notices: list[Notice] = []
-        self.seeds: list[int] = []
-        self.timings: dict[str, float] = {}
-        self.effective: list[dict[str, Any]] = []
-        self.stored: list[str] = []
-        self.pipeline_calls = 0
-        self.models: list[str] = []
-        self.post_commit: list[Callable[[], None]] = []
+        self.images = images
+        self.models = models
+        self.library = library
+        self.util = util
+        self._connection = connection
 
-    # -- control --------------------------------------------------------------------
-    def check(self) -> None:
-        """Raise if the run was cancelled or ran out of time."""
-        if self.token.cancelled:
-            raise Cancelled(f"run {self.run_id} was {self.token.reason}", field=None)
-        if self._deadline is not None and time.monotonic() > self._deadline:
-            self.token.cancel("timed out")
-            raise GenerationTimeout(
-                f"run {self.run_id} exceeded its timeout of {self._timeout:g} s",
-                field="timeout",
-            )
-
-    def emit(self, type: str, **data: Any) -> None:
-        if self._on_event is not None:
-            self._on_event(Event(type, self.run_id, self.node_id, data))
-
-    def notice(self, notice: Notice) -> None:
-        self.notices.append(notice)
-
-    def after_commit(self, action: Callable[[], None]) -> None:
-        """Run ``action`` only once the run's files are committed (e.g. a cache index)."""
-        self.post_commit.append(action)
-
-    def add_timing(self, name: str, ms: float) -> None:
-        self.timings[name] = self.timings.get(name, 0.0) + ms
-
-    # -- connections and engine -----------------------------------------------------
     def connection(self, category: str = "pixelml") -> Connection:
-        if category in self._connections:
-            return self._connections[category]
-        conn = self._resolve_connection(category)
-        self._connections[category] = conn
-        return conn
+        return self._connection(category)
 
-    def connections_used(self) -> dict[str, Connection]:
-        return dict(self._connections)
-
-    @property
-    def engine(self) -> Engine:
-        return self._engine
-
-    def generate(
-        self, request: GenerationRequest, *, model: str | None = None, category: str = "pixelml"
-    ) -> GenerationResult:
-        """Generate through the engine, recording seeds, notices, timings, parameters."""
-        result = self._engine.generate(
-            request,
-            self.connection(category),  # type: ignore[arg-type]
-            control=self,
-            model=model,
+    # -- the 0.1 names, kept one release for packs written against them ---------------
+    def _deprecated(self, old: str, new: str) -> None:
+        warnings.warn(
+            f"RunContext.{old} is deprecated; use ctx.{new}", DeprecationWarning, stacklevel=3
         )
-        self.notices.extend(result.notices)
-        self.seeds.extend(result.seeds)
-        for key, ms in result.timings.items():
-            self.add_timing(key, ms)
-        self.pipeline_calls += result.pipeline_calls
-        self.models.append(result.model.display_name)
-        self.effective.append(
-            {
-                **result.request.params(),
-                "model": result.model.display_name,
-                "profile": result.model.profile.name,
-                "device": result.device,
-                "dtype": result.dtype,
-                "threads": result.threads,
-            }
-        )
-        return result
 
-    # -- storage --------------------------------------------------------------------
     def load_image(self, source: str, *, field: str = "source_image") -> Image.Image:
-        from imagenodes.workspace import load_image
-
-        self.check()
-        return load_image(source, self.workspace, field=field)
+        self._deprecated("load_image", "images.load")
+        return self.images.load(source, field=field)
 
     def store_image(
         self, image: Image.Image, metadata: Mapping[str, Any], name: str | None = None
     ) -> str:
-        """Encode to PNG with metadata and stage it; returns its future reference."""
-        from imagenodes.workspace import encode_png
+        self._deprecated("store_image", "images.save")
+        return self.images.save(image, metadata, name=name)
 
-        self.check()
-        start = time.perf_counter()
-        meta = {
-            "node": self.node_id,
-            "node_version": self.node_version,
-            "run_id": self.run_id,
-            **metadata,
-        }
-        data = encode_png(image, meta)
-        self.add_timing("encode_ms", (time.perf_counter() - start) * 1000)
-        name = name or f"image-{len(self.stored)}.png"
-        ref = self._staging.add(name, data)
-        self.stored.append(ref)
-        return ref
+    def check(self) -> None:
+        self._deprecated("check", "util.check")
+        self.util.check()
 
-    def store_generation(
-        self,
-        result: GenerationResult,
-        extra: Mapping[str, Any] | None = None,
-        prefix: str = "image",
-    ) -> list[str]:
-        """Store every image of a generation with its own reproducible parameters."""
-        refs = []
-        base = {**result.request.params(), "model": result.model.display_name}
-        base.pop("lora_path", None)
-        for image, seed in zip(result.images, result.seeds, strict=True):
-            meta = {**base, **(extra or {}), "seed": seed, "num_images": 1}
-            refs.append(self.store_image(image, meta, name=f"{prefix}-{len(self.stored)}.png"))
-        return refs
+    def emit(self, type: str, **data: Any) -> None:
+        self._deprecated("emit", "util.emit")
+        self.util.emit(type, **data)
+
+    def notice(self, notice: Notice) -> None:
+        self._deprecated("notice", "util.notice")
+        self.util.notice(notice)
 
 
-def emit_stored(ctx: RunContext) -> None:
-    for index, ref in enumerate(ctx.stored):
-        ctx.emit(ev.IMAGE_STORED, index=index, ref=ref)
+def emit_stored(util: RunUtil, stored: list[str]) -> None:
+    for index, ref in enumerate(stored):
+        util.emit(ev.IMAGE_STORED, index=index, ref=ref)

@@ -15,21 +15,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import pluggy
+from imagenodes.sdk import PROJECT_NAME, hookimpl, hookspec
 
-PROJECT_NAME = "imagenodes"
-
-hookspec = pluggy.HookspecMarker(PROJECT_NAME)
-hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+__all__ = ["PROJECT_NAME", "hookimpl", "hookspec"]
 
 
 @hookspec
 def register_nodes(register: Callable[[type], None]) -> None:
     """Register node classes: call ``register(NodeClass)`` once per node.
 
-    A node class subclasses :class:`imagenodes.Node` and declares ``id``,
-    ``version``, ``title``, ``description``, ``category``, ``Input``/``Output``
-    pydantic models, the connections it needs and ``run(inputs, ctx)``.
+    A node class subclasses :class:`imagenodes.Node` (``Node[Input, Output]``) and
+    declares ``id``, ``version``, ``title``, ``description``, ``category``, the
+    connections it needs and ``run(inputs, ctx)``.
     Two plugins registering the same ``id`` is an error naming both.
     """
 

@@ -21,7 +21,7 @@ import pluggy
 
 from imagenodes.errors import PluginError
 from imagenodes.registry import hookspecs
-from imagenodes.registry.node import Node
+from imagenodes.sdk import Node
 
 ENTRY_POINT_GROUP = "imagenodes"
 DISABLE_ENV = "IMAGENODES_DISABLE_PLUGINS"
@@ -29,8 +29,8 @@ OWN_DISTRIBUTION = "imagenodes"
 
 
 @dataclass
-class PackInfo:
-    """One plugin pack as the catalog reports it."""
+class PluginPack:
+    """One plugin pack (an entry point of a distribution) as the catalog reports it."""
 
     name: str
     distribution: str | None
@@ -51,15 +51,15 @@ class PackInfo:
 
 
 @dataclass
-class Registry:
-    """What all packs registered, with the provider of each item."""
+class Registrations:
+    """What all plugin packs registered, with the provider of each item."""
 
     nodes: dict[str, type[Node]] = field(default_factory=dict)
     node_providers: dict[str, str] = field(default_factory=dict)
     connection_types: dict[str, type] = field(default_factory=dict)
     profiles: dict[str, Any] = field(default_factory=dict)
     profile_providers: dict[str, str] = field(default_factory=dict)
-    packs: dict[str, PackInfo] = field(default_factory=dict)
+    plugin_packs: dict[str, PluginPack] = field(default_factory=dict)
 
 
 def disabled_names(env: dict[str, str] | None = None) -> set[str]:
@@ -92,8 +92,8 @@ def _short_reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}{where}"
 
 
-class PluginHost:
-    """Owns the pluggy PluginManager and builds the :class:`Registry` from it."""
+class PluginLoader:
+    """Owns the pluggy PluginManager and builds the :class:`Registrations` from it."""
 
     def __init__(
         self,
@@ -104,7 +104,7 @@ class PluginHost:
     ) -> None:
         self.pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
         self.pm.add_hookspecs(hookspecs)
-        self.registry = Registry()
+        self.registry = Registrations()
         self.disabled = disabled if disabled is not None else disabled_names()
         if load_entrypoints:
             for ep in _entry_points():
@@ -118,14 +118,14 @@ class PluginHost:
         dist = ep.dist.name if ep.dist else None
         version = ep.dist.version if ep.dist else None
         if ep.name in self.disabled or (dist and dist in self.disabled):
-            self.registry.packs[ep.name] = PackInfo(
+            self.registry.plugin_packs[ep.name] = PluginPack(
                 ep.name, dist, version, "disabled", f"blocked by {DISABLE_ENV}"
             )
             return
         try:
             plugin = ep.load()
         except Exception as exc:  # any import failure must not take the host down
-            self.registry.packs[ep.name] = PackInfo(
+            self.registry.plugin_packs[ep.name] = PluginPack(
                 ep.name, dist, version, "unavailable", f"failed to import: {_short_reason(exc)}"
             )
             return
@@ -134,8 +134,8 @@ class PluginHost:
     def _add_plugin(
         self, plugin: Any, *, name: str, distribution: str | None, version: str | None
     ) -> None:
-        info = PackInfo(name, distribution, version)
-        self.registry.packs[name] = info
+        info = PluginPack(name, distribution, version)
+        self.registry.plugin_packs[name] = info
         if self.pm.is_registered(plugin):
             info.status, info.reason = "unavailable", "already registered under another name"
             return
@@ -156,7 +156,7 @@ class PluginHost:
             self.pm.unregister(plugin)
             info.status, info.reason = "unavailable", _short_reason(exc)
 
-    def _collect(self, plugin: Any, name: str, info: PackInfo) -> None:
+    def _collect(self, plugin: Any, name: str, info: PluginPack) -> None:
         """Run this one plugin's register hooks, staging results until all succeed."""
         nodes: dict[str, type[Node]] = {}
         conn_types: dict[str, type] = {}

@@ -8,11 +8,13 @@ message can never drift from the range in the form.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
 from imagenodes.errors import ImageNodesError, InputError
+from imagenodes.sdk import Catalog, Node
 
 #: pydantic error types that mean "wrong shape", which stay INVALID_INPUT.
 _SHAPE_ERRORS = {
@@ -91,7 +93,7 @@ def _property(schema: dict[str, Any], loc: tuple[Any, ...]) -> dict[str, Any]:
 def to_error(
     exc: ValidationError,
     model: type[BaseModel],
-    field_codes: dict[str, str],
+    field_codes: Mapping[str, str],
     *,
     schema: dict[str, Any] | None = None,
 ) -> ImageNodesError:
@@ -142,3 +144,57 @@ def to_error(
     ):
         return ImageNodesError(message, code=code, field=field)
     return InputError(message, field=field)
+
+
+def check_choices(cls: type[Node[Any, Any]], inputs: BaseModel, catalog: Catalog) -> None:
+    """Reject a value outside a node's run-time ``choices`` (as the schema's enum says)."""
+    for name, choices in cls.choices.items():
+        allowed = choices(catalog)
+        value = getattr(inputs, name)
+        if value not in allowed:
+            message = f"{name} must be one of: {', '.join(allowed)} (got {value!r})"
+            code = cls.field_codes.get(name)
+            err = (
+                ImageNodesError(message, code=code, field=name)
+                if code
+                else InputError(message, field=name)
+            )
+            raise cls.localise_error(err)
+
+
+def pack_validator(
+    cls: type[Node[Any, Any]],
+) -> Callable[[Sequence[Mapping[str, Any] | BaseModel], str], list[dict[str, Any]]]:
+    """A validator of inference pack requests by the node's ``pack_request`` model,
+    with the node's field codes and solution texts (the error names ``images.<i>``)."""
+    model = cls.pack_request
+    assert model is not None
+
+    def validate(
+        images: Sequence[Mapping[str, Any] | BaseModel], field: str
+    ) -> list[dict[str, Any]]:
+        out = []
+        for index, item in enumerate(images):
+            if isinstance(item, BaseModel):
+                item = item.model_dump(exclude_unset=True)
+            if not isinstance(item, Mapping):
+                raise InputError(
+                    f"{field}.{index} must be an object with at least a prompt (got "
+                    f"{type(item).__name__})",
+                    field=f"{field}.{index}",
+                )
+            try:
+                request = model.model_validate(dict(item))
+            except ValidationError as exc:
+                err = to_error(exc, model, dict(cls.field_codes))
+                raise cls.localise_error(
+                    ImageNodesError(
+                        f"{field}.{index}: {err.message}",
+                        code=err.code,
+                        field=f"{field}.{index}.{err.field}" if err.field else f"{field}.{index}",
+                    )
+                ) from None
+            out.append(request.model_dump(mode="json", exclude_unset=True))
+        return out
+
+    return validate

@@ -452,7 +452,9 @@ class Staging:
     :meth:`commit` discards the buffer — on an exception *and* on a normal exit —
     so an early ``return`` on cancellation cannot publish half a run.
     Commit order: ``image`` files, then other kinds in insertion order, then
-    ``manifest`` files, so a reader that sees ``run.json`` knows the images exist.
+    ``manifest`` files, so a reader that sees ``run.json`` knows the images exist,
+    then ``record`` files outside the run directory (:meth:`add_record`), so a session
+    or cache entry never points at a run that is not there.
     """
 
     def __init__(self, workspace: Workspace, run_dir: str, *, field: str = "run_dir") -> None:
@@ -508,8 +510,27 @@ class Staging:
         self._files[rel_name] = StagedFile(rel=rel, data=bytes(data), kind=kind, ref=ref)
         return ref
 
+    def add_record(self, rel: str, data: bytes) -> str:
+        """Buffer a file *outside* the run directory (a session history entry, a result
+        cache index) so it is written with the run, after its manifest, or not at all.
+
+        ``rel`` is workspace-relative and goes through the same path checks as every
+        workspace write.
+        """
+        if self._state != "open":
+            raise InputError(
+                f"staging for {self.run_dir!r} is already {self._state}", field=self.field
+            )
+        clean = self.workspace.relpath(rel, field="path")
+        key = "/" + clean  # cannot collide with a run-directory name (never absolute)
+        if not clean or key in self._files:
+            raise InputError(f"record {rel!r} is empty or already staged", field="path")
+        ref = self.workspace.ref(clean)
+        self._files[key] = StagedFile(rel=clean, data=bytes(data), kind="record", ref=ref)
+        return ref
+
     def _ordered(self) -> list[StagedFile]:
-        rank = {"image": 0, "manifest": 2}
+        rank = {"image": 0, "manifest": 2, "record": 3}
         return sorted(self._files.values(), key=lambda f: rank.get(f.kind, 1))
 
     def commit(self) -> list[str]:

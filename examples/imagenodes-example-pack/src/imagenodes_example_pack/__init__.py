@@ -1,12 +1,15 @@
-"""A complete third-party node pack: one node, found through its entry point."""
+"""A complete third-party node pack: one node, found through its entry point.
+
+It uses only the package root (``imagenodes``), as every pack should, and generates
+nothing: running it never imports torch.
+"""
 
 from collections.abc import Callable
 
 from PIL import Image, ImageDraw
 from pydantic import Field
 
-from imagenodes import Node, NodeInput, NodeOutput, hookimpl
-from imagenodes.registry.context import RunContext
+from imagenodes import Node, NodeInput, NodeOutput, RunContext, hookimpl
 
 
 class CheckerboardInput(NodeInput):
@@ -23,14 +26,12 @@ class CheckerboardOutput(NodeOutput):
     image: str = Field(title="Image", description="Workspace file reference.")
 
 
-class Checkerboard(Node):
+class Checkerboard(Node[CheckerboardInput, CheckerboardOutput]):
     id = "checkerboard"
     version = "0.1.0"
     title = "Checkerboard"
     description = "Draws a checkerboard: a test pattern for downstream image nodes."
     category = "utility"
-    Input = CheckerboardInput
-    Output = CheckerboardOutput
 
     def run(self, inputs: CheckerboardInput, ctx: RunContext) -> CheckerboardOutput:
         image = Image.new("RGB", (inputs.size, inputs.size), "white")
@@ -40,7 +41,7 @@ class Checkerboard(Node):
                 draw.rectangle(
                     [j * cell, i * cell, (j + 1) * cell - 1, (i + 1) * cell - 1], fill=inputs.colour
                 )
-        return CheckerboardOutput(image=ctx.store_image(image, inputs.model_dump()))
+        return CheckerboardOutput(image=ctx.images.save(image, inputs.model_dump()))
 
 
 @hookimpl

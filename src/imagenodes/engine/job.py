@@ -1,0 +1,163 @@
+"""ImageJob: what a node wants generated, in the node's terms, before any routing.
+
+A node describes its request once — prompts, a size *intent*, a count and how to
+treat a count the model cannot make, the sampling parameters, source images, a
+training — and hands it to ``ctx.models.generate``.  The engine then routes the job
+to a family and fits it (``engine.routing.adapt``): that is the one place where a
+size is capped or rounded, a count clamped or split, a parameter dropped or clamped,
+and each such change becomes exactly one :class:`Notice`.
+
+Torch-free on purpose: the SDK re-exports these types, and importing the SDK must
+stay cheap for node packs that never generate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from PIL import Image
+from pydantic import BaseModel
+
+from imagenodes.engine.notices import Notice
+
+TEXT_TO_IMAGE = "text-to-image"
+IMAGE_TO_IMAGE = "image-to-image"
+INSTRUCT_EDIT = "instruction-edit"
+
+#: Long side of seed 000's tiers: ``_HD`` 1024 px, ``_FHD`` 1920 px, plain = native.
+TIERS: dict[str, int | None] = {"": None, "_HD": 1024, "_FHD": 1920}
+
+
+@dataclass(frozen=True)
+class Aspect:
+    """A ratio of the aspect table (``"16:9"``) at a long side (None = model's native).
+
+    ``fallback`` is the ratio used, with an ``ASPECT_RATIO_FALLBACK`` notice, when
+    ``ratio`` is not in the table; without one an unknown ratio is an error.
+    ``field`` names the input in that notice, ``size_field`` (default ``field``) in
+    the notice of a size the model cannot produce.
+    """
+
+    ratio: str
+    long_side: int | None = None
+    fallback: str | None = None
+    field: str = "aspect_ratio"
+    size_field: str | None = None
+
+    @classmethod
+    def parse(cls, value: str, **options: Any) -> Aspect:
+        """``"9:16_HD"`` → ``Aspect("9:16", 1024)``; a plain ratio keeps the native side."""
+        for suffix, long_side in TIERS.items():
+            if suffix and value.endswith(suffix):
+                return cls(value[: -len(suffix)], long_side, **options)
+        return cls(value, None, **options)
+
+
+@dataclass(frozen=True)
+class Exact:
+    """Exactly ``width`` × ``height``, fitted to the model's multiple and maximum.
+
+    With ``resample`` the delivered images are resized back to exactly the requested
+    size when the model had to generate another one (``SIZE_RESAMPLED``).
+    """
+
+    width: int
+    height: int
+    resample: bool = False
+    field: str = "width/height"
+
+
+@dataclass(frozen=True)
+class FromSource:
+    """The first source image's size; a non-zero side overrides it (one side 0 keeps
+    the source's aspect ratio)."""
+
+    width: int = 0
+    height: int = 0
+    field: str = "width/height"
+
+
+Size = Aspect | Exact | FromSource
+
+
+@dataclass(frozen=True)
+class Training:
+    """A trained adapter (diffusers LoRA folder) applied at ``scale``."""
+
+    path: str
+    scale: float = 1.0
+
+
+@dataclass(frozen=True)
+class ImageJob:
+    """One generation request of a node.
+
+    ``prompt`` is one prompt for ``count`` images, or one prompt per image (then
+    ``count`` is the number of prompts and ``seeds`` may give one seed per image).
+    ``task`` None means: text-to-image without sources, image-to-image with them
+    (several sources are blended into one init image, with a notice).
+    ``count_policy`` says what to do when the family makes fewer images per call:
+    ``split`` into several calls (the images are the same), or ``clamp`` the count
+    (``IMAGE_COUNT_CLAMPED``).  ``explicit`` names the inputs the user set: dropping
+    one of those for a family that cannot use it is a notice, while an untouched
+    default is simply not passed on — build it with :meth:`of`.
+    """
+
+    prompt: str | Sequence[str]
+    negative_prompt: str | Sequence[str] | None = None
+    prompt_2: str | None = None
+    task: str | None = None
+    size: Size | None = None
+    count: int = 1
+    count_policy: Literal["split", "clamp"] = "split"
+    count_field: str = "batch_size"
+    seed: int | None = None
+    seeds: Sequence[int] | None = None
+    steps: int | None = None
+    guidance_scale: float | None = None
+    image_guidance_scale: float | None = None
+    strength: float | None = None
+    sources: Sequence[Image.Image] = ()
+    sources_field: str = "image_sources"
+    training: Training | None = None
+    precision: str | None = None
+    #: A model spec (preset name, hub id, folder) instead of the connection's model.
+    model: str | None = None
+    explicit: frozenset[str] = frozenset()
+
+    @classmethod
+    def of(cls, inputs: BaseModel, **params: Any) -> ImageJob:
+        """A job for a node's validated ``inputs``: ``explicit`` is the fields the caller
+        actually set (the one helper every node uses for it)."""
+        return cls(explicit=frozenset(inputs.model_fields_set), **params)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A model spec routed to its family (what ``ctx.models.lookup`` tells a node)."""
+
+    name: str
+    profile: str
+    profile_title: str
+    #: The folder or hub id the pipeline loads from (two spellings of one model share it).
+    source: str
+
+
+@dataclass
+class Generation:
+    """What ``ctx.models.generate`` returns: the images and how they were made."""
+
+    images: list[Image.Image]
+    seeds: list[int]
+    #: The effective parameters after adaptation, JSON-ready (PNG metadata, run.json).
+    params: dict[str, Any]
+    model: ModelInfo
+    generated_size: tuple[int, int]
+    notices: list[Notice] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    pipeline_calls: int = 0
+    device: str = "cpu"
+    dtype: str = "float32"
+    threads: int | None = None
