@@ -119,9 +119,13 @@ def success_result(host: Host, node_id: str, result: RunResult) -> Any:
 
     outputs = json.loads(json.dumps(result.outputs))
     content: list[Any] = []
-    if node_id == "generate_image":
-        stored = outputs.get("images") or []
-        for index, item in enumerate(outputs.get("content") or []):
+    declared = host.node(node_id).image_content if node_id in host.nodes else None
+    if declared is not None:
+        # The node's output already holds MCP-shaped image items (its declaration):
+        # return them as image content and keep only the reference in the text.
+        items_field, refs_field = declared
+        stored = outputs.get(refs_field) or []
+        for index, item in enumerate(outputs.get(items_field) or []):
             ref = stored[index] if index < len(stored) else None
             content.append(
                 types.ImageContent(
