@@ -53,9 +53,8 @@ sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "tools"))
 
 # The held-out generation loop is shared with the evaluation script (same folder).
-from eval_embedded_model import heldout_adherence  # noqa: E402
-
 import shapes  # noqa: E402  (tools/shapes.py: the training domain)
+from eval_embedded_model import heldout_adherence  # noqa: E402
 
 DEFAULT_OUT = REPO / "src" / "imagenodes" / "engine" / "embedded_model"
 MAX_LEN = 32  # text encoder max_position_embeddings == tokenizer model_max_length
