@@ -1,9 +1,8 @@
 """Benchmark 6 — scale: time per image as the size grows and as the steps grow.
 
 Through the engine (``host.engine.generate`` of an ImageJob: routing, adaptation, cache,
-the pipeline
-call — the path every node takes; ``generate_image_v2`` itself only offers the
-aspect-ratio table, which on the embedded model has no 128² entry), one image per call:
+the pipeline call — the path every node takes; ``generate_image_v2`` itself only offers
+the aspect-ratio table, which on the embedded model has no 128² entry), one image per call:
 
 * size: 64², 128², 256² at 20 steps → exponent of time in pixels, from a least-squares
   fit of log(time) on log(pixels);
