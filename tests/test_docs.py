@@ -167,10 +167,12 @@ def hooks_md_examples() -> list[str]:
     return [b for b in blocks if "@hookimpl" in b]
 
 
+@pytest.mark.slow  # the generating example runs on the embedded model
 def test_hook_examples_in_hooks_md_register_and_run(tmp_path: Path) -> None:
     """The examples are real code: each registers through a Host like a pack."""
     examples = hooks_md_examples()
-    assert len(examples) == len(hookspec_names())
+    # One example per hook, plus the generating node of register_nodes.
+    assert len(examples) == len(hookspec_names()) + 1
     plugins = []
     for index, source in enumerate(examples):
         module = types.ModuleType(f"hooks_md_example_{index}")
@@ -194,6 +196,9 @@ def test_hook_examples_in_hooks_md_register_and_run(tmp_path: Path) -> None:
     assert host.connections.public()["farm"]["api_key"] == "**********"
     result = host.run("solid_colour", {"size": 16})
     assert result.outputs["image"].endswith(".png")
+    poster = host.run("poster", {"prompt": "a red circle on a blue background"})
+    assert len(poster.outputs["images"]) == 1 and poster.effective[0]["width"] == 64
+    assert poster.effective[0]["height"] == 40 and poster.notices == []
 
 
 # -- errors.md ---------------------------------------------------------------------------
