@@ -186,7 +186,7 @@ SCOPE = {
     ],
 )
 def test_references_and_map(runner: FlowRunner, value: Any, expected: Any) -> None:
-    assert runner.resolve(value, SCOPE, "p") == expected
+    assert runner.substitute(value, SCOPE, "p") == expected
 
 
 @pytest.mark.parametrize(
@@ -202,7 +202,7 @@ def test_references_and_map(runner: FlowRunner, value: Any, expected: Any) -> No
 )
 def test_reference_errors_name_what_exists(runner: FlowRunner, value: Any, message: str) -> None:
     with pytest.raises(ImageNodesError) as info:
-        runner.resolve(value, SCOPE, "steps.gen.parameters.images")
+        runner.substitute(value, SCOPE, "steps.gen.parameters.images")
     assert info.value.code == "INVALID_INPUT" and message in info.value.message
     assert info.value.field == "steps.gen.parameters.images"
 

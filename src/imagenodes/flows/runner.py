@@ -223,8 +223,8 @@ class FlowRunner:
             )
         return values
 
-    # -- resolving ------------------------------------------------------------------
-    def resolve(
+    # -- substituting references ------------------------------------------------------------------
+    def substitute(
         self, value: Any, scope: Mapping[str, Any], where: str, item: Any = _NO_ITEM
     ) -> Any:
         """Replace references and expand Map directives in a parameter value."""
@@ -249,15 +249,15 @@ class FlowRunner:
                 if isinstance(element, list) and _is_map(element):
                     out.extend(self._expand(element, scope, f"{where}.{index}", item))
                 else:
-                    out.append(self.resolve(element, scope, f"{where}.{index}", item))
+                    out.append(self.substitute(element, scope, f"{where}.{index}", item))
             return out
         if isinstance(value, Mapping):
-            return {k: self.resolve(v, scope, f"{where}.{k}", item) for k, v in value.items()}
+            return {k: self.substitute(v, scope, f"{where}.{k}", item) for k, v in value.items()}
         return value
 
     def _expand(
         self, directive: list[Any], scope: Mapping[str, Any], where: str, item: Any
-    ) -> list:
+    ) -> list[Any]:
         match = _MAP.match(directive[0])
         assert match is not None
         source_ref = match.group(1).strip()
@@ -267,7 +267,7 @@ class FlowRunner:
                 f"(got {directive[0]!r})",
                 field=where,
             )
-        source = self.resolve(source_ref, scope, where, item)
+        source = self.substitute(source_ref, scope, where, item)
         if not isinstance(source, list):
             raise InputError(
                 f"{where}: {source_ref} is a {type(source).__name__}, @Map needs a list",
@@ -275,7 +275,7 @@ class FlowRunner:
             )
         template = directive[1]
         return [
-            self.resolve(template, scope, f"{where}[{i}]", element)
+            self.substitute(template, scope, f"{where}[{i}]", element)
             for i, element in enumerate(source)
         ]
 
@@ -302,7 +302,7 @@ class FlowRunner:
         for step in steps:
             where = f"steps.{step['id']}.parameters"
             try:
-                params = self.resolve(step["parameters"], scope, where)
+                params = self.substitute(step["parameters"], scope, where)
                 run = self.host.run(
                     step["node"], params, on_event=on_event, connections=connections
                 )

@@ -263,7 +263,7 @@ class ImageGenerator(Node[ImageGeneratorInput, ImageGeneratorOutput]):
 
     def run(self, inputs: ImageGeneratorInput, ctx: RunContext) -> ImageGeneratorOutput:
         plan = self._merge(inputs, ctx)
-        self._resolve(plan, inputs, ctx)
+        self._route(plan, inputs, ctx)
         groups = group_requests(plan)
         calls = 0
         for members in groups.values():
@@ -325,7 +325,7 @@ class ImageGenerator(Node[ImageGeneratorInput, ImageGeneratorOutput]):
         return plan
 
     @staticmethod
-    def _resolve(plan: list[_Planned], inputs: ImageGeneratorInput, ctx: RunContext) -> None:
+    def _route(plan: list[_Planned], inputs: ImageGeneratorInput, ctx: RunContext) -> None:
         """Trainings and models of every request, before anything is generated, so a bad
         id in request 40 fails the run before 39 requests were computed for nothing."""
         trainings = ctx.library.trainings
