@@ -358,7 +358,7 @@ class _LibraryFormatter(logging.Formatter):
         return f"[{lib}] {level}{super().format(record).rstrip()}"
 
 
-class _StderrHandler(logging.StreamHandler):
+class _StderrHandler(logging.StreamHandler[TextIO]):
     """Writes to whatever ``sys.stderr`` is when a record comes: while the progress bars
     are live, rich puts a proxy there that prints above them, and a test harness may
     have swapped stderr since the handler was made."""

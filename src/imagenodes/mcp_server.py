@@ -35,6 +35,7 @@ from imagenodes.errors import ImageNodesError, InputError, UnknownNodeError
 
 if TYPE_CHECKING:
     from mcp.server.lowlevel import Server
+    from mcp_types import CallToolResult, Tool
 
     from imagenodes.registry.events import Event
     from imagenodes.registry.host import Host, RunResult
@@ -66,7 +67,7 @@ def node_for_tool(host: Host, name: str) -> str:
     raise UnknownNodeError(f"no tool {name!r}; available: {known}", field="name")
 
 
-def list_tools(host: Host) -> list[Any]:
+def list_tools(host: Host) -> list[Tool]:
     import mcp_types as types
 
     tools = []
@@ -85,7 +86,7 @@ def list_tools(host: Host) -> list[Any]:
     return tools
 
 
-def error_result(exc: ImageNodesError) -> Any:
+def error_result(exc: ImageNodesError) -> CallToolResult:
     import mcp_types as types
 
     payload = {"error": exc.to_dict()}
@@ -113,7 +114,7 @@ def _workspace_pngs(host: Host, value: Any, found: list[str]) -> None:
             _workspace_pngs(host, item, found)
 
 
-def success_result(host: Host, node_id: str, result: RunResult) -> Any:
+def success_result(host: Host, node_id: str, result: RunResult) -> CallToolResult:
     """Image content for the run's images plus the outputs as text/structured content."""
     import mcp_types as types
 
@@ -218,7 +219,7 @@ async def call_tool(
     name: str,
     arguments: dict[str, Any] | None,
     report_progress: ProgressFn | None = None,
-) -> Any:
+) -> CallToolResult:
     """Run the node behind ``name``; every failure becomes a coded tool error.
 
     ``report_progress`` (the request context's) receives one notification per

@@ -23,9 +23,9 @@ from imagenodes.engine import notices as nc
 from imagenodes.engine.cache import LOAD_LOCK, CacheEntry, PipelineCache
 from imagenodes.engine.config import RuntimeConfig
 from imagenodes.engine.device import PRECISION_ALIASES, cpu_threads, pick_device, pick_dtype
-from imagenodes.engine.job import Generation, ImageJob
+from imagenodes.engine.job import IMAGE_TO_IMAGE, INSTRUCT_EDIT, Generation, ImageJob
 from imagenodes.engine.notices import Notice
-from imagenodes.engine.profiles import IMAGE_TO_IMAGE, INSTRUCT_EDIT, ModelProfile
+from imagenodes.engine.profiles import ModelProfile
 from imagenodes.engine.request import GenerationRequest, draw_seed
 from imagenodes.engine.routing import ResolvedModel, adapt, route
 from imagenodes.engine.status import memory_status
@@ -306,10 +306,12 @@ class Engine:
 
         per_image = isinstance(req.prompt, list)
         negative = req.negative_prompt
-        if per_image and isinstance(negative, list):
-            negative = negative[start : start + count]
-        elif per_image and negative is not None:
-            negative = [negative] * count
+        if per_image and negative is not None:
+            negative = (
+                negative[start : start + count]
+                if isinstance(negative, list)
+                else [negative] * count
+            )
         kwargs: dict[str, Any] = {
             "prompt": req.prompt[start : start + count] if per_image else req.prompt,
             "num_inference_steps": req.steps,
@@ -326,6 +328,8 @@ class Engine:
         if req.task in (IMAGE_TO_IMAGE, INSTRUCT_EDIT):
             if req.image is None:
                 raise GenerationFailed(f"{req.task} needs a source image", field="source_image")
+            # adapt() always sets the size; only GenerationRequest's own default is None.
+            assert req.width is not None and req.height is not None
             kwargs["image"] = req.image.convert("RGB").resize(
                 (req.width, req.height), Image.Resampling.LANCZOS
             )

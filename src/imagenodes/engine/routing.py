@@ -27,14 +27,18 @@ from PIL import Image
 from imagenodes.engine import notices as nc
 from imagenodes.engine.aspect import RATIOS, fit_size, nominal_size
 from imagenodes.engine.embedded import EMBEDDED_MODEL_NAME, embedded_model_path
-from imagenodes.engine.job import Aspect, Exact, FromSource, ImageJob, ModelInfo
-from imagenodes.engine.notices import Notice
-from imagenodes.engine.profiles import (
+from imagenodes.engine.job import (
     IMAGE_TO_IMAGE,
     INSTRUCT_EDIT,
     TEXT_TO_IMAGE,
-    ModelProfile,
+    Aspect,
+    Exact,
+    FromSource,
+    ImageJob,
+    ModelInfo,
 )
+from imagenodes.engine.notices import Notice
+from imagenodes.engine.profiles import ModelProfile
 from imagenodes.engine.request import GenerationRequest
 from imagenodes.errors import ConnectionConfigError, GenerationFailed, InputError
 

@@ -17,6 +17,7 @@ nanosecond prefix makes the listing order the generation order.
 
 from __future__ import annotations
 
+import builtins
 import re
 import time
 import uuid
@@ -108,7 +109,10 @@ class SessionStore:
         rel, record = self.new_entry(session_id, entry)
         return self.workspace.write_json(rel, record)
 
-    def history(self, session_id: str, *, limit: int | None = None) -> list[dict[str, Any]]:
+    # builtins.list: inside the class body ``list`` is the method above.
+    def history(
+        self, session_id: str, *, limit: int | None = None
+    ) -> builtins.list[dict[str, Any]]:
         """Entries oldest first; ``limit`` keeps the most recent ``limit`` entries."""
         sid = self.get(session_id)["id"]
         files = [

@@ -54,7 +54,7 @@ class PluginPack:
 class Registrations:
     """What all plugin packs registered, with the provider of each item."""
 
-    nodes: dict[str, type[Node]] = field(default_factory=dict)
+    nodes: dict[str, type[Node[Any, Any]]] = field(default_factory=dict)
     node_providers: dict[str, str] = field(default_factory=dict)
     connection_types: dict[str, type] = field(default_factory=dict)
     profiles: dict[str, Any] = field(default_factory=dict)
@@ -158,7 +158,7 @@ class PluginLoader:
 
     def _collect(self, plugin: Any, name: str, info: PluginPack) -> None:
         """Run this one plugin's register hooks, staging results until all succeed."""
-        nodes: dict[str, type[Node]] = {}
+        nodes: dict[str, type[Node[Any, Any]]] = {}
         conn_types: dict[str, type] = {}
         profiles: dict[str, Any] = {}
 

@@ -59,7 +59,7 @@ from transformers import (
     CLIPTokenizer,
     T5Config,
     T5EncoderModel,
-    T5TokenizerFast,
+    T5Tokenizer,
 )
 
 __all__ = [
@@ -189,16 +189,18 @@ def _clip_tokenizer(vocab_size: int | None = None, pad_token: str = _CLIP_EOS) -
         (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), "utf-8")
         lines = ["#version: 0.2", *(f"{a} {b}" for a, b in merges)]
         (folder / "merges.txt").write_text("\n".join(lines) + "\n", "utf-8")
-        return CLIPTokenizer.from_pretrained(
+        tokenizer: CLIPTokenizer = CLIPTokenizer.from_pretrained(
             folder, model_max_length=_CLIP_MAX_LENGTH, pad_token=pad_token
         )
+        return tokenizer
 
 
-def _t5_tokenizer() -> T5TokenizerFast:
+def _t5_tokenizer() -> T5Tokenizer:
     """A tiny T5 Unigram tokenizer: ``<pad>``=0, ``</s>``=1, ``<unk>``=2 (T5's layout),
     ``▁`` + whole words, then single characters as the fallback pieces.
 
-    In transformers 5 ``T5TokenizerFast`` is an alias of ``T5Tokenizer``, which builds its
+    In transformers 5 ``T5TokenizerFast`` is only an alias of ``T5Tokenizer`` (used here
+    by its real name, the one transformers' type information exports), which builds its
     ``tokenizers`` Unigram backend (Metaspace pre-tokenizer, ``</s>`` post-processor) from
     a ``vocab`` list of ``(piece, log-prob)`` pairs; passing our own ``tokenizer_object``
     would be overwritten by that constructor, so we hand it the vocabulary instead.
@@ -208,7 +210,7 @@ def _t5_tokenizer() -> T5TokenizerFast:
     pieces += [("▁" + word, -5.0) for word in _WORDS]
     pieces.append(("▁", -8.0))
     pieces += [(chr(c), -10.0) for c in range(ord("!"), ord("~") + 1)]
-    return T5TokenizerFast(vocab=pieces, extra_ids=0, model_max_length=_T5_MAX_LENGTH)
+    return T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=_T5_MAX_LENGTH)
 
 
 # ---------------------------------------------------------------------------- components
@@ -336,6 +338,7 @@ def _sdxl(scheduler: Any) -> DiffusionPipeline:
     text_encoder_2 = CLIPTextModelWithProjection(_clip_text_config(tokenizer_2, hidden_act="gelu"))
     addition_time_embed_dim = 8
     pooled_dim = text_encoder_2.config.projection_dim
+    assert pooled_dim is not None  # set by _clip_text_config (typed Optional upstream)
     unet = UNet2DConditionModel(
         sample_size=8,
         in_channels=4,
@@ -405,7 +408,9 @@ def _build_flux() -> DiffusionPipeline:
             feed_forward_proj="gated-gelu",  # T5 v1.1, as FLUX's T5-XXL
             pad_token_id=tokenizer_2.pad_token_id,
             eos_token_id=tokenizer_2.eos_token_id,
-            decoder_start_token_id=tokenizer_2.pad_token_id,
+            # huggingface_hub's @strict config accepts extra kwargs at run time (stored on
+            # the config) but leaves them out of its generated __init__ signature.
+            decoder_start_token_id=tokenizer_2.pad_token_id,  # type: ignore[call-arg]
         )
     )
     latent_channels = 16

@@ -25,7 +25,7 @@ import urllib.parse
 import urllib.request
 import warnings
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal
 
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
@@ -376,7 +376,9 @@ def decode_image(
         # Pillow's own guard is a backstop: when our cap is the stricter one it
         # fires first anyway; when a deployment raised our cap above Pillow's, the
         # warning must not veto what was explicitly allowed.
-        action = "error" if bomb_limit is None or max_pixels <= bomb_limit else "ignore"
+        action: Literal["error", "ignore"] = (
+            "error" if bomb_limit is None or max_pixels <= bomb_limit else "ignore"
+        )
         warnings.simplefilter(action, Image.DecompressionBombWarning)
         try:
             image = Image.open(io.BytesIO(data), formats=formats)

@@ -116,11 +116,12 @@ class Workspace:
         protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
         self.fs = fs
         self.root = root
-        url = fs.unstrip_protocol(root).rstrip("/")
+        # Not ``url``: that parameter is str | PathLike | None.
+        full_url: str = fs.unstrip_protocol(root).rstrip("/")
         if protocols[0] == "memory":
             # memory:///name and memory://name are the same place; use the short form.
-            url = f"memory://{root.lstrip('/')}"
-        self.url = url
+            full_url = f"memory://{root.lstrip('/')}"
+        self.url = full_url
         self._protocols = protocols
         # Object stores have no directories, and s3fs' makedirs would even create a
         # missing *bucket* as a side effect, so only real-directory filesystems get it.
