@@ -55,7 +55,7 @@ class ConnectionStore:
     ) -> None:
         self.types = dict(types)
         self._raw: dict[str, dict[str, Any]] = {}
-        self._resolved: dict[str, Connection] = {}
+        self._validated: dict[str, Connection] = {}
         env = os.environ if env is None else env
         if "local_diffusers" in self.types:
             self._raw[DEFAULT_NAME] = {"type": "local_diffusers"}
@@ -99,13 +99,13 @@ class ConnectionStore:
             # Names may not contain "_" in env form, fields may: DEFAULT_MODELS_DIR.
             raw = self._raw.setdefault(name, {"type": "local_diffusers"})
             raw[fld] = value
-            self._resolved.pop(name, None)
+            self._validated.pop(name, None)
 
     def add(self, name: str, connection: Connection | Mapping[str, Any]) -> Connection:
         """Add or replace a connection programmatically; validated immediately."""
         if isinstance(connection, Connection):
             self._raw[name] = {"type": connection.type_name}
-            self._resolved[name] = connection
+            self._validated[name] = connection
             return connection
         self._set_raw(name, dict(connection))
         return self.get(name)
@@ -113,15 +113,15 @@ class ConnectionStore:
     def _set_raw(self, name: str, body: dict[str, Any]) -> None:
         body.setdefault("type", "local_diffusers")
         self._raw[name] = body
-        self._resolved.pop(name, None)
+        self._validated.pop(name, None)
 
     # -- lookup ---------------------------------------------------------------------
     def names(self) -> list[str]:
         return sorted(self._raw)
 
     def get(self, name: str) -> Connection:
-        if name in self._resolved:
-            return self._resolved[name]
+        if name in self._validated:
+            return self._validated[name]
         if name not in self._raw:
             raise ConnectionConfigError(
                 f"no connection named {name!r}; configured: {', '.join(self.names()) or 'none'}",
@@ -141,7 +141,7 @@ class ConnectionStore:
         except ValidationError as exc:
             message, field = _validation_message(name, exc)
             raise ConnectionConfigError(message, field=field) from None
-        self._resolved[name] = conn
+        self._validated[name] = conn
         return conn
 
     def for_category(self, category: str, name: str | None = None) -> Connection:

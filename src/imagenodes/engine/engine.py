@@ -62,16 +62,16 @@ class Engine:
         #: the filesystem (or the hub cache) per generation would cost more than a step.
         self.profiles = dict(profiles)
         self.cache = PipelineCache(cache_bytes)
-        self._resolved: dict[tuple[Any, ...], ResolvedModel] = {}
-        self._resolve_lock = threading.Lock()
+        self._routes: dict[tuple[Any, ...], ResolvedModel] = {}
+        self._routes_lock = threading.Lock()
 
     # -- routing --------------------------------------------------------------------
     def route(self, config: RuntimeConfig, model: str | None = None) -> ResolvedModel:
         """The family and loadable source of ``model`` (default: the config's model)."""
         spec = model or config.model
         key = (spec, config.models_dir, config.offline, config.profile)
-        with self._resolve_lock:
-            hit = self._resolved.get(key)
+        with self._routes_lock:
+            hit = self._routes.get(key)
         if hit is not None:
             return hit
         resolved = route(
@@ -82,8 +82,8 @@ class Engine:
             token=config.token,
             forced_profile=config.profile,
         )
-        with self._resolve_lock:
-            self._resolved[key] = resolved
+        with self._routes_lock:
+            self._routes[key] = resolved
         return resolved
 
     def placement(self, config: RuntimeConfig, precision: str | None) -> tuple[str, str]:

@@ -227,7 +227,7 @@ class Workspace:
             return os.path.join(self.root, *rel.split("/"))
         return f"{self.root}/{rel}"
 
-    def _resolve(
+    def _locate(
         self, ref_or_rel: str | os.PathLike[str], field: str, *, allow_root: bool = False
     ) -> tuple[str, str]:
         """(relpath, fs path), re-checking local symlinks so a link planted inside
@@ -258,7 +258,7 @@ class Workspace:
     ) -> bytes:
         """Whole file contents; ``max_bytes`` is checked before reading so a huge
         file is refused without being pulled into memory."""
-        rel, full = self._resolve(ref_or_rel, field)
+        rel, full = self._locate(ref_or_rel, field)
         try:
             if max_bytes is not None:
                 size = self.fs.size(full)
@@ -293,7 +293,7 @@ class Workspace:
 
     def exists(self, ref_or_rel: str | os.PathLike[str], *, field: str = "path") -> bool:
         """True for an existing file or directory inside the workspace."""
-        _, full = self._resolve(ref_or_rel, field)
+        _, full = self._locate(ref_or_rel, field)
         return bool(self.fs.exists(full))
 
     def ls(self, rel_dir: str = "", *, field: str = "path") -> list[str]:
@@ -302,7 +302,7 @@ class Workspace:
         Returning relative paths (not bare names) lets callers feed them straight
         back to :meth:`read_bytes` or :meth:`ref`.
         """
-        rel, full = self._resolve(rel_dir, field, allow_root=True)
+        rel, full = self._locate(rel_dir, field, allow_root=True)
         try:
             entries = self.fs.ls(full, detail=False)
         except (FileNotFoundError, NotADirectoryError):
@@ -342,7 +342,7 @@ class Workspace:
         errors (disk full, permissions, network) propagate unchanged: they are not
         the caller's input mistakes.
         """
-        rel, full = self._resolve(rel, field, allow_root=True)
+        rel, full = self._locate(rel, field, allow_root=True)
         if not rel:
             raise InputError(
                 "cannot write to the workspace root itself; give a file path", field=field
@@ -366,7 +366,7 @@ class Workspace:
     def remove(self, rel: str, recursive: bool = False, *, field: str = "path") -> None:
         """Delete a file (or a directory tree with ``recursive``); absent is fine,
         so cleanup after a failure can call it without checking first."""
-        rel, full = self._resolve(rel, field, allow_root=True)
+        rel, full = self._locate(rel, field, allow_root=True)
         if not rel:
             raise InputError(
                 "refusing to remove the workspace root; give a path inside it", field=field
