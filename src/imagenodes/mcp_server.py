@@ -97,23 +97,6 @@ def error_result(exc: ImageNodesError) -> CallToolResult:
     )
 
 
-def _workspace_pngs(host: Host, value: Any, found: list[str]) -> None:
-    """Every workspace PNG reference in an output value, in order, without repeats."""
-    if isinstance(value, str):
-        if (
-            value.endswith(".png")
-            and value.startswith(host.workspace.url + "/")
-            and value not in found
-        ):
-            found.append(value)
-    elif isinstance(value, list):
-        for item in value:
-            _workspace_pngs(host, item, found)
-    elif isinstance(value, dict):
-        for item in value.values():
-            _workspace_pngs(host, item, found)
-
-
 def success_result(host: Host, node_id: str, result: RunResult) -> CallToolResult:
     """Image content for the run's images plus the outputs as text/structured content."""
     import mcp_types as types
@@ -139,8 +122,7 @@ def success_result(host: Host, node_id: str, result: RunResult) -> CallToolResul
             # The data is in the image content already; keep the reference instead.
             item["data"] = ref
     else:
-        refs: list[str] = []
-        _workspace_pngs(host, outputs, refs)
+        refs = [ref for ref in host.workspace.refs_in(outputs) if ref.endswith(".png")]
         for ref in refs[:MAX_INLINE_IMAGES]:
             try:
                 data = host.workspace.read_bytes(ref)

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import json
 import threading
-import warnings
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any

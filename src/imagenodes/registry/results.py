@@ -27,18 +27,6 @@ if TYPE_CHECKING:
 CACHE_DIR = "cache"
 
 
-def _refs_in(value: Any, prefix: str, found: list[str]) -> None:
-    if isinstance(value, str):
-        if value.startswith(prefix):
-            found.append(value)
-    elif isinstance(value, list):
-        for item in value:
-            _refs_in(item, prefix, found)
-    elif isinstance(value, dict):
-        for item in value.values():
-            _refs_in(item, prefix, found)
-
-
 class ResultCache:
     """Cache entries of one workspace."""
 
@@ -76,8 +64,7 @@ class ResultCache:
         if not self.workspace.exists(rel):
             return None
         entry = dict(self.workspace.read_json(rel))
-        refs: list[str] = []
-        _refs_in(entry.get("outputs"), self.workspace.url + "/", refs)
+        refs = self.workspace.refs_in(entry.get("outputs"))
         if not refs or not all(self.workspace.exists(ref) for ref in refs):
             return None
         return entry

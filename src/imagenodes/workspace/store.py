@@ -142,6 +142,27 @@ class Workspace:
         rel = self.relpath(relpath, field="path")
         return f"{self.url}/{rel}" if rel else self.url
 
+    def refs_in(self, value: Any) -> list[str]:
+        """Every reference into this workspace inside a JSON value (node outputs),
+        depth first, in order, without repeats — what the MCP server inlines and the
+        result cache checks for existence."""
+        prefix = self.url + "/"
+        found: list[str] = []
+
+        def walk(item: Any) -> None:
+            if isinstance(item, str):
+                if item.startswith(prefix) and item not in found:
+                    found.append(item)
+            elif isinstance(item, list):
+                for element in item:
+                    walk(element)
+            elif isinstance(item, dict):
+                for element in item.values():
+                    walk(element)
+
+        walk(value)
+        return found
+
     def relpath(self, ref_or_path: str | os.PathLike[str], *, field: str = "path") -> str:
         """Workspace-relative path of a reference, refusing anything outside the root.
 
