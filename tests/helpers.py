@@ -1,14 +1,39 @@
-"""Small assertions shared by test modules (not fixtures)."""
+"""Small assertions and expectations shared by test modules (not fixtures)."""
 
 from __future__ import annotations
 
 import io
+import tomllib
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from imagenodes import Host
+
+REPO = Path(__file__).resolve().parents[1]
+
+#: The built-in packs: the ``[project.entry-points.imagenodes]`` of pyproject.toml.
+BUILTIN_PACKS = frozenset(
+    tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["entry-points"]["imagenodes"]
+)
+#: The example pack (examples/imagenodes-example-pack), installed in the dev environment.
+EXAMPLE_PACK = "checkerboard"
+#: What a host that loads entry points finds installed: pack name → its node ids.
+PACK_NODES: dict[str, list[str]] = {
+    "core": [],
+    "check_engine_status": ["check_engine_status"],
+    "generate_image": ["generate_image"],
+    "generate_image_v2": ["generate_image_v2"],
+    "image_generation": ["image_generation"],
+    "image_generator": ["image_generator"],
+    "image_to_image": ["image_to_image"],
+    "sessions": ["create_session", "session_history"],
+    EXAMPLE_PACK: ["checkerboard"],
+}
+INSTALLED_PACKS = BUILTIN_PACKS | {EXAMPLE_PACK}
+#: Every node id of the installed packs.
+NODE_IDS = frozenset(node for nodes in PACK_NODES.values() for node in nodes)
 
 
 def load_ref(host: Host, ref: str) -> Image.Image:

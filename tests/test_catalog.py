@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from imagenodes import Host
+from tests.helpers import NODE_IDS
 
 SEEDS = Path(__file__).parent / "seeds"
 
@@ -22,8 +24,8 @@ def seed_schemas(prefix: str) -> tuple[dict, dict]:
 
 
 @pytest.fixture(scope="module")
-def host(tmp_path_factory) -> Host:
-    return Host(tmp_path_factory.mktemp("ws"))
+def host(make_host: Callable[..., Host]) -> Host:
+    return make_host()
 
 
 @pytest.mark.parametrize(
@@ -42,8 +44,7 @@ def test_seed_node_schemas_equal_the_seed(host: Host, prefix: str, node_id: str)
 
 def test_catalog_entries_are_json_ready_and_complete(host: Host) -> None:
     catalog = host.catalog()
-    ids = {e["id"] for e in catalog}
-    assert {"generate_image_v2", "image_to_image", "image_generation"} <= ids
+    assert sorted(e["id"] for e in catalog) == sorted(NODE_IDS)  # each id once
     for entry in catalog:
         for key in (
             "id",
@@ -74,10 +75,11 @@ def test_catalog_entries_are_json_ready_and_complete(host: Host) -> None:
 def test_image_generation_schema_offers_registered_models(host: Host) -> None:
     entry = next(e for e in host.catalog() if e["id"] == "image_generation")
     props = entry["input_schema"]["properties"]
-    assert props["model"]["enum"][:2] == ["default", "embedded"]
-    assert {"sd", "sdxl", "sd-turbo", "sdxl-turbo", "instruct-pix2pix", "flux"} <= set(
-        props["model"]["enum"]
-    )
+    assert props["model"]["enum"] == [
+        "default",
+        "embedded",
+        *sorted(["sd", "sdxl", "sd-turbo", "sdxl-turbo", "instruct-pix2pix", "flux"]),
+    ]
     for name in ("prompt", "image_sources", "aspect_ratio", "image_size", "num_images"):
         assert props[name]["description"], name
     assert entry["input_schema"]["required"] == ["prompt"]

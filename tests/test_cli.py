@@ -24,8 +24,8 @@ from PIL import Image
 
 from imagenodes import Host
 from imagenodes.cli import ProgressDisplay
+from tests.helpers import NODE_IDS
 
-BUILTINS = ("generate_image_v2", "image_to_image", "image_generation")
 TOKEN = "hf_CliSecret_9876543210zyx"
 
 
@@ -33,11 +33,10 @@ def files_in(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
 
 
-def clean_env(config_home: Path) -> dict[str, str]:
-    """The caller's environment minus any imagenodes configuration."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGENODES_")}
-    env.update(HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", XDG_CONFIG_HOME=str(config_home))
-    return env
+def child_env() -> dict[str, str]:
+    """The test's environment (isolated by the root conftest: no ``IMAGENODES_*``, a
+    private user config dir), offline and on one thread."""
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 
 
 @pytest.fixture
@@ -51,7 +50,7 @@ def cli(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
             capture_output=True,
             text=True,
             cwd=tmp_path,
-            env=clean_env(tmp_path / "config"),
+            env=child_env(),
             timeout=600,
         )
         assert "Traceback" not in proc.stderr, proc.stderr
@@ -75,7 +74,7 @@ def error_of(proc: subprocess.CompletedProcess[str], exit_code: int) -> dict[str
     assert proc.returncode == exit_code, (proc.returncode, proc.stdout, proc.stderr)
     assert proc.stdout == ""
     err = json.loads(proc.stderr.strip().splitlines()[-1])["error"]
-    assert set(err) >= {"code", "field", "message", "solution"}
+    assert set(err) - {"details"} == {"code", "field", "message", "solution"}
     return err
 
 
@@ -105,22 +104,16 @@ def test_nodes_lists_builtins_and_the_example_pack(cli, ws: Path) -> None:
     lines = proc.stdout.strip().splitlines()
     assert lines[0].split()[:4] == ["ID", "VERSION", "CATEGORY", "AVAILABLE"]
     rows = {line.split()[0]: line.split() for line in lines[1:] if line.strip()}
-    for node in (*BUILTINS, "checkerboard"):
-        assert node in rows, proc.stdout
-        assert rows[node][3] == "yes"
+    assert set(rows) == NODE_IDS, proc.stdout
+    assert len(lines) == 1 + len(NODE_IDS)  # one row per node
+    assert {node: row[3] for node, row in rows.items()} == dict.fromkeys(NODE_IDS, "yes")
     assert rows["generate_image_v2"][1] == "2.0.0"
     assert "Generate Image V2" in proc.stdout and "Checkerboard" in proc.stdout
 
 
-def test_schema_prints_the_catalog_entry(
-    cli, ws: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_schema_prints_the_catalog_entry(cli, ws: Path) -> None:
     proc = cli("--workspace", str(ws), "schema", "generate_image_v2")
     assert proc.returncode == 0, proc.stderr
-    for key in list(os.environ):
-        if key.startswith("IMAGENODES_"):
-            monkeypatch.delenv(key)
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
     entry = next(e for e in Host(ws).catalog() if e["id"] == "generate_image_v2")
     assert json.loads(proc.stdout) == entry
     assert files_in(ws) == []
@@ -212,8 +205,7 @@ def run_on_a_terminal(*args: str, cwd: Path) -> tuple[int, str, str]:
     """
     pty = pytest.importorskip("pty")
     master, slave = pty.openpty()
-    env = clean_env(cwd / "config")
-    env.update(COLUMNS="120", LINES="40", TERM="xterm-256color")
+    env = {**child_env(), "COLUMNS": "120", "LINES": "40", "TERM": "xterm-256color"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "imagenodes.cli", *args],
         stdout=subprocess.PIPE,
@@ -251,6 +243,7 @@ def run_on_a_terminal(*args: str, cwd: Path) -> tuple[int, str, str]:
     return code, out, terminal
 
 
+@pytest.mark.slow  # generates on the embedded model
 def test_run_on_a_terminal_draws_step_bars_and_clears_them(ws: Path, tmp_path: Path) -> None:
     code, out, terminal = run_on_a_terminal(
         "--workspace", str(ws), "run", "generate_image_v2", "--input", EMBEDDED_SMALL, cwd=tmp_path
@@ -267,6 +260,7 @@ def test_run_on_a_terminal_draws_step_bars_and_clears_them(ws: Path, tmp_path: P
     assert TORCHVISION_ADVISORY not in terminal
 
 
+@pytest.mark.slow  # generates on the embedded model, twice
 def test_run_on_a_pipe_prints_no_progress_and_no_known_advisories(cli, ws: Path) -> None:
     """Not a terminal and no --progress: stderr stays free of progress output; the
     transformers torchvision advisories are hidden unless -v asks for them."""
@@ -394,6 +388,7 @@ def test_input_errors_exit_2_with_json_on_stderr(
     assert files_in(ws) == []
 
 
+@pytest.mark.slow  # the runs reach the engine, so the child imports torch
 def test_bad_connection_exits_2(cli, ws: Path, tmp_path: Path) -> None:
     missing = tmp_path / "no-such-model"
     conns = connections_toml(tmp_path / "conn.toml", model=str(missing), hub_token=TOKEN)

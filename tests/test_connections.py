@@ -4,7 +4,6 @@ secret never leaves the store — checked on a real generation's files."""
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
@@ -33,17 +32,6 @@ TOKEN = "hf_TopSecret_0123456789abcdefXYZ"
 
 def files_in(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
-
-
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    """No connection config from the developer's machine; a private user config dir."""
-    for key in list(os.environ):
-        if key.startswith("IMAGENODES_CONNECTION"):
-            monkeypatch.delenv(key)
-    config = tmp_path / "config"
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(config))
-    return config
 
 
 @pytest.fixture
@@ -115,8 +103,9 @@ def test_connections_from_a_toml_file_named_by_env(
     assert (gpu.models_dir, gpu.offline) == ("/srv/models", False)
 
 
-def test_connections_from_the_user_config_dir(ws: Path, clean_env: Path) -> None:
-    path = clean_env / "imagenodes" / "connections.toml"
+def test_connections_from_the_user_config_dir(ws: Path, user_config_dir: Path) -> None:
+    # The root conftest gives every test a private, empty user config dir.
+    path = user_config_dir / "imagenodes" / "connections.toml"
     assert default_config_file() == path  # platformdirs honours XDG_CONFIG_HOME
     write_toml(path, '[connections.default]\nmodel = "/from/user/config"\n')
     assert Host(ws).connections.get("default").model == "/from/user/config"
@@ -138,9 +127,10 @@ def test_connections_from_env_vars(ws: Path, monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_precedence_default_then_file_then_env_then_code(
-    ws: Path, tmp_path: Path, clean_env: Path, monkeypatch: pytest.MonkeyPatch
+    ws: Path, tmp_path: Path, user_config_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    write_toml(clean_env / "imagenodes" / "connections.toml", '[connections.user]\nmodel = "u"\n')
+    user_file = user_config_dir / "imagenodes" / "connections.toml"
+    write_toml(user_file, '[connections.user]\nmodel = "u"\n')
     env_file = write_toml(
         tmp_path / "env.toml",
         '[connections.default]\nmodel = "/file/model"\ndevice = "cpu"\ndtype = "float32"\n',

@@ -7,11 +7,10 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import json
-import os
 import re
 import sys
 import types
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -42,13 +41,10 @@ def gen_docs() -> ModuleType:
 
 
 @pytest.fixture(scope="module")
-def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Host]:
-    """A fresh host with the installed packs, untouched by the caller's connections."""
-    saved = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("IMAGENODES_")}
-    try:
-        yield Host(tmp_path_factory.mktemp("ws"))
-    finally:
-        os.environ.update(saved)
+def host(make_host: Callable[..., Host]) -> Host:
+    """A fresh host with the installed packs (the root conftest keeps the caller's
+    connections out)."""
+    return make_host()
 
 
 def read(name: str) -> str:
@@ -147,7 +143,7 @@ def hookspec_names() -> list[str]:
 
 def test_every_hookspec_is_documented_with_its_signature() -> None:
     names = hookspec_names()
-    assert set(names) >= {"register_nodes", "register_connection_types", "register_model_profiles"}
+    assert names == ["register_nodes", "register_connection_types", "register_model_profiles"]
     text = read("hooks.md")
     for name in names:
         assert f"\n## `{name}`\n" in text, f"hook {name} missing from docs/hooks.md"
@@ -287,8 +283,16 @@ def test_performance_md_reports_every_benchmark_with_its_command_and_output() ->
     text = read("performance.md")
     assert "<!--" not in text and "Status:" not in text  # no unfilled placeholders
     scripts = sorted(p.stem for p in (REPO / "bench").glob("*.py") if not p.stem.startswith("_"))
-    assert len(scripts) >= 7
+    assert scripts == [
+        "batching",
+        "cold_start",
+        "memory",
+        "scale",
+        "task_switch",
+        "threads",
+        "warm_overhead",
+    ]
     for name in scripts:
         assert f"python bench/{name}.py" in text, name
-    assert text.count("SUMMARY: ") >= len(scripts)
+    assert text.count("SUMMARY: ") == len(scripts)  # one per script
     assert "PASS" in text and "machine" in text.lower()

@@ -9,9 +9,7 @@ import pytest
 from PIL import Image
 
 from imagenodes import Host
-from imagenodes.engine.device import pick_device, pick_dtype
 from imagenodes.workspace.images import image_to_data_uri
-from tests.conftest import TinyProfiles
 
 T2I = {
     "prompt": "a red circle",
@@ -42,22 +40,18 @@ def test_model_loads_once_and_task_switch_shares_components(tiny_host: Host) -> 
     assert after["loaded"][0]["tasks"] == ["image-to-image", "text-to-image"]
 
 
-def test_warm_run_reads_no_weights_from_disk(tiny_sd, tmp_path) -> None:
+def test_warm_run_reads_no_weights_from_disk(make_host, tiny_sd, tmp_path) -> None:
     folder = tmp_path / "tiny-sd-copy"
     shutil.copytree(tiny_sd, folder)
-    host = Host(
-        tmp_path / "ws", connections={"default": {"model": str(folder)}}, plugins=[TinyProfiles()]
-    )
+    host = make_host(folder, tiny_profile=True)
     host.run("generate_image_v2", T2I)
     shutil.rmtree(folder)  # the weights are gone from disk: a warm run must not need them
     result = host.run("generate_image_v2", {**T2I, "seed": 2})
     assert result.outputs["images"] and host.engine.cache.loads == 1
 
 
-def test_concurrent_first_requests_load_once(tiny_sd, tmp_path) -> None:
-    host = Host(
-        tmp_path / "ws", connections={"default": {"model": str(tiny_sd)}}, plugins=[TinyProfiles()]
-    )
+def test_concurrent_first_requests_load_once(make_host, tiny_sd) -> None:
+    host = make_host(tiny_sd, tiny_profile=True)
     errors: list[BaseException] = []
 
     def work(seed: int) -> None:
@@ -74,20 +68,14 @@ def test_concurrent_first_requests_load_once(tiny_sd, tmp_path) -> None:
     assert not errors and host.engine.cache.loads == 1
 
 
-def test_byte_budget_evicts_least_recently_used(tiny_models, tmp_path, monkeypatch) -> None:
+def test_byte_budget_evicts_least_recently_used(make_host, tiny_models, monkeypatch) -> None:
     sd, turbo = tiny_models("sd"), tiny_models("sd-turbo")
-    probe = Host(
-        tmp_path / "p", connections={"default": {"model": str(sd)}}, plugins=[TinyProfiles()]
-    )
+    probe = make_host(sd, tiny_profile=True)
     probe.run("generate_image_v2", T2I)
     one_model = probe.engine.status()["bytes"]
 
     monkeypatch.setenv("IMAGENODES_CACHE_BYTES", str(int(one_model * 1.5)))
-    host = Host(
-        tmp_path / "ws",
-        connections={"default": {"model": str(sd)}, "turbo": {"model": str(turbo)}},
-        plugins=[TinyProfiles()],
-    )
+    host = make_host(sd, tiny_profile=True, connections={"turbo": {"model": str(turbo)}})
     assert host.engine.cache.budget == int(one_model * 1.5)
     host.run("generate_image_v2", T2I)
     host.run("generate_image_v2", T2I, connections={"pixelml": "turbo"})
@@ -98,19 +86,20 @@ def test_byte_budget_evicts_least_recently_used(tiny_models, tmp_path, monkeypat
     assert host.engine.status()["loaded"] == [] and host.engine.status()["bytes"] == 0
 
 
-def test_connection_overrides_device_and_dtype(tiny_sd, tmp_path) -> None:
-    host = Host(
-        tmp_path / "ws",
-        connections={"default": {"model": str(tiny_sd), "device": "cpu", "dtype": "bfloat16"}},
-        plugins=[TinyProfiles()],
+def test_connection_overrides_device_and_dtype(make_host, tiny_sd) -> None:
+    host = make_host(
+        tiny_sd, tiny_profile=True, connections={"default": {"device": "cpu", "dtype": "bfloat16"}}
     )
     host.run("generate_image_v2", T2I)
     loaded = host.engine.status()["loaded"][0]
     assert (loaded["device"], loaded["dtype"]) == ("cpu", "bfloat16")
 
 
+@pytest.mark.slow  # imports torch
 def test_auto_device_and_dtype() -> None:
     import torch
+
+    from imagenodes.engine.device import pick_device, pick_dtype
 
     device = pick_device("auto")
     assert device == ("cuda" if torch.cuda.is_available() else device)

@@ -77,25 +77,14 @@ def png_data_uri(size: int = 64) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-@pytest.fixture(autouse=True)
-def _no_user_connections(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """Keep the developer's own connection config out of these tests."""
-    import os
-
-    for key in list(os.environ):
-        if key.startswith("IMAGENODES_CONNECTION"):
-            monkeypatch.delenv(key)
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
-
-
 @pytest.fixture
 def ws(tmp_path: Path) -> Path:
     return tmp_path / "ws"
 
 
 @pytest.fixture
-def host(ws: Path) -> Host:
-    return Host(ws)
+def host(make_host: Callable[..., Host], ws: Path) -> Host:
+    return make_host(workspace=ws)
 
 
 def run_error(host: Host, node: str, inputs: Any, **kwargs: Any) -> ImageNodesError:
@@ -365,6 +354,7 @@ def test_invalid_connection_value_is_connection_error(
     assert err.solution == expected_solution(node, "CONNECTION_ERROR")
 
 
+@pytest.mark.slow  # the run reaches the engine (and imports torch) before the check
 @pytest.mark.parametrize("node", list(BASES))
 def test_missing_model_folder_is_connection_error(ws: Path, tmp_path: Path, node: str) -> None:
     missing = tmp_path / "no-such-model"
@@ -423,10 +413,10 @@ def test_image_to_image_on_a_text_only_family_is_generation_failed(tiny_sd: Path
 
 
 @pytest.mark.parametrize("node", ["generate_image_v2", "image_to_image", "image_generation"])
-def test_timeout_is_generation_timeout(tiny_sd: Path, ws: Path, node: str) -> None:
-    from conftest import TinyProfiles
-
-    host = Host(ws, connections={"default": {"model": str(tiny_sd)}}, plugins=[TinyProfiles()])
+def test_timeout_is_generation_timeout(
+    make_host: Callable[..., Host], tiny_sd: Path, ws: Path, node: str
+) -> None:
+    host = make_host(tiny_sd, workspace=ws, tiny_profile=True)
 
     def slow(event: Any) -> None:  # a slow consumer makes every step take ≥ 0.1 s
         if event.type == "step":

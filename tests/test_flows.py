@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import TinyProfiles
 from pydantic import Field
 
 from imagenodes import Host, ImageNodesError, Node, NodeInput, NodeOutput, hookimpl
@@ -111,12 +110,8 @@ def seed_flow(model: str, count: int = 3) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def host(tiny_sd: Path, tmp_path_factory: pytest.TempPathFactory) -> Host:
-    return Host(
-        tmp_path_factory.mktemp("ws"),
-        connections={"default": {"model": str(tiny_sd)}},
-        plugins=[TinyProfiles(), PromptPack()],
-    )
+def host(make_host: Callable[..., Host], tiny_sd: Path) -> Host:
+    return make_host(tiny_sd, tiny_profile=True, plugins=[PromptPack()])
 
 
 def test_seed_flow_makes_one_image_per_mapped_prompt(host: Host, tiny_sd: Path) -> None:
@@ -153,8 +148,8 @@ def test_step_errors_keep_their_code_and_name_the_step(host: Host, tiny_sd: Path
 
 # -- resolution (no generation) --------------------------------------------------------
 @pytest.fixture
-def runner(tmp_path: Path) -> FlowRunner:
-    return FlowRunner(Host(tmp_path / "ws", plugins=[PromptPack()]))
+def runner(make_host: Callable[..., Host]) -> FlowRunner:
+    return FlowRunner(make_host(plugins=[PromptPack()]))
 
 
 SCOPE = {

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import base64
 import io
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import TinyProfiles
 from PIL import Image
 
 from imagenodes import Host, ImageNodesError
@@ -18,13 +18,9 @@ FAST = {"steps": 2}
 
 
 @pytest.fixture(scope="module")
-def host(tiny_sd: Path, tmp_path_factory: pytest.TempPathFactory) -> Host:
+def host(make_host: Callable[..., Host], tiny_sd: Path) -> Host:
     """Tiny SD routed to the 64-px test profile (max 128 px)."""
-    return Host(
-        tmp_path_factory.mktemp("ws"),
-        connections={"default": {"model": str(tiny_sd)}},
-        plugins=[TinyProfiles()],
-    )
+    return make_host(tiny_sd, tiny_profile=True)
 
 
 def decode(item: dict) -> tuple[bytes, Image.Image]:
@@ -169,6 +165,7 @@ def test_check_engine_status_reports_and_initialises(tiny_sd: Path, tmp_path: Pa
     assert out.timings["load_ms"] < 50
 
 
+@pytest.mark.slow  # tries to load pipelines (imports torch)
 def test_unloadable_model_is_engine_not_initialized(tmp_path: Path) -> None:
     broken = Host(tmp_path / "ws", connections={"default": {"model": str(tmp_path / "nothing")}})
     status = broken.run("check_engine_status", {"initialize": True}).outputs

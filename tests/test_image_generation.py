@@ -10,6 +10,8 @@ from imagenodes import Host, InputError
 from imagenodes.workspace.images import image_to_data_uri
 from tests.helpers import load_ref, workspace_files
 
+pytestmark = pytest.mark.slow  # every test runs on the tiny SD model
+
 
 def codes(result) -> dict[str, dict]:
     return {n["code"]: n for n in result.notices}

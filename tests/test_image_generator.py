@@ -16,8 +16,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
-from conftest import TINY_SD_PROFILE, TinyProfiles
+from conftest import TINY_SD_PROFILE
 from PIL import Image
 
 from imagenodes import Host, ImageNodesError, hookimpl
@@ -26,6 +25,8 @@ from imagenodes.workspace import read_imagenodes_metadata
 
 BATCH2 = replace(TINY_SD_PROFILE, name="tiny-sd-batch2", max_images_per_call=2, priority=60)
 SMALL = {"width": 64, "height": 64, "steps": 2}
+
+pytestmark = pytest.mark.slow  # the module's host runs the tiny SD model
 
 
 class Batch2Profile:
@@ -36,6 +37,7 @@ class Batch2Profile:
 
 def build_lora(model_dir: Path, out_dir: Path, seed: int) -> Path:
     """A diffusers-format LoRA for the tiny UNet, made with peft (random, non-zero B)."""
+    import torch
     from diffusers import StableDiffusionPipeline, UNet2DConditionModel
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft import LoraConfig, get_peft_model_state_dict
@@ -56,12 +58,8 @@ def build_lora(model_dir: Path, out_dir: Path, seed: int) -> Path:
 
 
 @pytest.fixture(scope="module")
-def host(tiny_sd: Path, tmp_path_factory: pytest.TempPathFactory) -> Host:
-    return Host(
-        tmp_path_factory.mktemp("ws"),
-        connections={"default": {"model": str(tiny_sd)}},
-        plugins=[TinyProfiles(), Batch2Profile()],
-    )
+def host(make_host: Callable[..., Host], tiny_sd: Path) -> Host:
+    return make_host(tiny_sd, tiny_profile=True, plugins=[Batch2Profile()])
 
 
 @pytest.fixture(scope="module")
@@ -190,7 +188,7 @@ def test_default_size_is_capped_to_what_the_model_can_do(host: Host) -> None:
     result = host.run("image_generator", {"images": [{"prompt": "big", "steps": 2, "seed": 1}]})
     req = result.outputs["requests"][0]
     assert (req["width"], req["height"]) == (128, 128)  # 1024 asked, tiny model max 128
-    assert any(n["code"] == "SIZE_CAPPED" for n in result.notices)
+    assert [n["code"] for n in result.notices].count("SIZE_CAPPED") == 1
 
 
 @pytest.mark.parametrize(

@@ -137,7 +137,6 @@ def _no_proxy(monkeypatch):
     for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    monkeypatch.delenv("IMAGENODES_MAX_PIXELS", raising=False)
 
 
 def _assert_red(image: Image.Image, size: tuple[int, int] = (24, 16)) -> None:

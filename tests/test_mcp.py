@@ -8,6 +8,7 @@ import io
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from PIL import Image
 
 from imagenodes import Host
 from imagenodes.mcp_server import TOOL_ALIASES, node_for_tool, tool_name
+from tests.helpers import NODE_IDS
 
 mcp = pytest.importorskip("mcp")
 
@@ -27,8 +29,9 @@ def server_params(tiny_sd: Path, workspace: Path) -> Any:
     env = {
         "HF_HUB_OFFLINE": "1",
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+        # The test's private user config dir (root conftest), not the developer's.
+        "XDG_CONFIG_HOME": os.environ["XDG_CONFIG_HOME"],
         "IMAGENODES_CONNECTION_DEFAULT_MODEL": str(tiny_sd),
-        "IMAGENODES_DISABLE_PLUGINS": os.environ.get("IMAGENODES_DISABLE_PLUGINS", ""),
     }
     return StdioServerParameters(
         command=sys.executable,
@@ -44,9 +47,11 @@ def test_tool_names() -> None:
     assert set(TOOL_ALIASES) == {"generate_image", "check_engine_status"}
 
 
-def test_stdio_server_end_to_end(tiny_sd: Path, tmp_path: Path) -> None:
+def test_stdio_server_end_to_end(
+    make_host: Callable[..., Host], tiny_sd: Path, tmp_path: Path
+) -> None:
     workspace = tmp_path / "ws"
-    local = Host(workspace, connections={"default": {"model": str(tiny_sd)}})
+    local = make_host(tiny_sd, workspace=workspace)
     expected = {tool_name(e["id"]): e["input_schema"] for e in local.catalog()}
     assert node_for_tool(local, "generate-image") == "generate_image"
 
@@ -82,7 +87,7 @@ def test_stdio_server_end_to_end(tiny_sd: Path, tmp_path: Path) -> None:
 
     # Every catalog node is a tool whose input schema is the node's JSON Schema.
     tools = {t.name: t for t in seen["tools"]}
-    assert {"generate-image", "check-engine-status", "image_generator"} <= set(tools)
+    assert set(tools) == set(expected) == {tool_name(node) for node in NODE_IDS}
     assert "generate_image" not in tools and "check_engine_status" not in tools
     for name, schema in expected.items():
         assert tools[name].input_schema == schema, name

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import importlib.metadata
+import json
+import os
+import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -11,6 +15,7 @@ from PIL import Image
 
 from imagenodes import Host, Node, NodeInput, NodeOutput, PluginError, hookimpl
 from imagenodes.registry.plugins import DISABLE_ENV
+from tests.helpers import BUILTIN_PACKS, EXAMPLE_PACK, INSTALLED_PACKS, NODE_IDS, PACK_NODES
 
 
 def make_dist(
@@ -39,9 +44,10 @@ def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def test_example_pack_is_discovered_through_its_entry_point_and_runs(tmp_path: Path) -> None:
     eps = importlib.metadata.entry_points(group="imagenodes")
-    assert any(ep.name == "checkerboard" for ep in eps), (
+    assert EXAMPLE_PACK in eps.names, (
         "install examples/imagenodes-example-pack (CI does) to run this test"
     )
+    assert set(eps.names) == INSTALLED_PACKS  # nothing else installed in the dev env
     host = Host(tmp_path / "ws")
     entry = next(e for e in host.catalog() if e["id"] == "checkerboard")
     assert entry["provider"] == "checkerboard"
@@ -59,9 +65,12 @@ def test_example_pack_is_discovered_through_its_entry_point_and_runs(tmp_path: P
 def test_builtins_come_from_entry_points_like_any_pack(tmp_path: Path) -> None:
     host = Host(tmp_path / "ws")
     packs = {p["name"]: p for p in host.plugin_packs()}
-    for name in ("core", "generate_image_v2", "image_to_image", "image_generation"):
+    assert set(packs) == INSTALLED_PACKS
+    for name in BUILTIN_PACKS:
         assert packs[name]["distribution"] == "imagenodes"
         assert packs[name]["status"] == "available"
+    assert {name: sorted(p["nodes"]) for name, p in packs.items()} == PACK_NODES
+    assert {e["id"] for e in host.catalog()} == NODE_IDS
     assert Host(tmp_path / "ws2", load_entrypoints=False).catalog() == []
 
 
@@ -77,7 +86,7 @@ def test_pack_that_fails_to_import_is_isolated(site: Path, tmp_path: Path) -> No
     pack = next(p for p in host.plugin_packs() if p["name"] == "broken")
     assert pack["status"] == "unavailable"
     assert "boom at import" in pack["reason"]
-    assert "generate_image_v2" in {e["id"] for e in host.catalog()}
+    assert {e["id"] for e in host.catalog()} == NODE_IDS  # the others all still load
     with pytest.raises(PluginError, match="boom at import"):
         Host(tmp_path / "ws", strict=True)
 
@@ -125,6 +134,7 @@ def test_duplicate_node_id_is_refused_naming_both_providers(tmp_path: Path) -> N
     assert "'generate_image_v2'" in pack["reason"] and "DupPack" in pack["reason"]
     assert host.registered.node_providers["generate_image_v2"] == "generate_image_v2"
     assert host.node("generate_image_v2").title == "Generate Image V2"
+    assert {e["id"] for e in host.catalog()} == NODE_IDS
     with pytest.raises(PluginError, match="provided by pack 'generate_image_v2' and by pack"):
         Host(tmp_path / "ws", plugins=[DupPack()], strict=True)
 
@@ -139,7 +149,7 @@ def test_pack_raising_while_registering_is_isolated(tmp_path: Path) -> None:
     host = Host(tmp_path / "ws", plugins=[RaisingPack()])
     pack = next(p for p in host.plugin_packs() if p["name"].startswith("RaisingPack"))
     assert pack["status"] == "unavailable" and "cannot register today" in pack["reason"]
-    assert len(host.catalog()) >= 3
+    assert {e["id"] for e in host.catalog()} == NODE_IDS
 
 
 class BadContract(Node):
@@ -169,16 +179,111 @@ def test_node_contract_is_checked_at_registration(tmp_path: Path) -> None:
 def test_disable_env_blocks_named_packs(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv(DISABLE_ENV, "image_to_image, checkerboard")
     host = Host(tmp_path / "ws")
-    ids = {e["id"] for e in host.catalog()}
-    assert "image_to_image" not in ids and "checkerboard" not in ids
-    assert "generate_image_v2" in ids
+    assert {e["id"] for e in host.catalog()} == NODE_IDS - {"image_to_image", "checkerboard"}
     status = {p["name"]: p["status"] for p in host.plugin_packs()}
-    assert status["image_to_image"] == "disabled"
+    disabled = {"image_to_image", "checkerboard"}
+    assert status == {name: "disabled" if name in disabled else "available" for name in PACK_NODES}
 
 
 def test_pytest_fixtures_for_plugin_authors(imagenodes_host) -> None:
     """The pytest11 plugin gives pack authors a host that discovered installed packs."""
-    ids = {entry["id"] for entry in imagenodes_host.catalog()}
-    assert {"generate_image_v2", "checkerboard"} <= ids
+    assert {entry["id"] for entry in imagenodes_host.catalog()} == NODE_IDS
     result = imagenodes_host.run("checkerboard", {"size": 16, "squares": 2})
     assert imagenodes_host.workspace.exists(result.outputs["image"])
+
+
+HEAVY = ("torch", "diffusers", "transformers")
+
+
+def test_importing_the_pytest_plugin_imports_no_model_library() -> None:
+    """pytest loads the plugin in every run of every project: it must stay cheap."""
+    script = textwrap.dedent(
+        f"""
+        import json, sys
+        import imagenodes.testing.pytest_plugin
+        import imagenodes.testing
+        print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == []
+
+
+def run_pytest_in(
+    folder: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run pytest on ``folder`` alone (its own ini file; entry-point plugins load as usual)."""
+    (folder / "pytest.ini").write_text("[pytest]\n")
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args],
+        capture_output=True,
+        text=True,
+        cwd=folder,
+        env=env,
+        timeout=300,
+    )
+
+
+AUTHOR_CONFTEST = """
+import json, sys
+
+def pytest_collection_finish(session):
+    heavy = [m for m in ("torch", "diffusers", "transformers") if m in sys.modules]
+    with open("report.json", "w") as fh:
+        json.dump({"plugin": session.config.pluginmanager.hasplugin("imagenodes"),
+                   "heavy": heavy}, fh)
+"""
+
+
+def test_collecting_a_pack_test_suite_imports_no_model_library(tmp_path: Path) -> None:
+    """A plugin author's suite, collected with the imagenodes plugin active (through its
+    pytest11 entry point): torch is not imported just because imagenodes is installed."""
+    (tmp_path / "conftest.py").write_text(AUTHOR_CONFTEST)
+    (tmp_path / "test_pack.py").write_text(
+        "def test_node(imagenodes_host, imagenodes_tiny_model):\n    pass\n"
+    )
+    proc = run_pytest_in(tmp_path, "--co")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "test_pack.py::test_node" in proc.stdout
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report == {"plugin": True, "heavy": []}
+
+
+def test_imagenodes_host_ignores_the_callers_configuration(tmp_path: Path) -> None:
+    """The author fixture, in a suite run from a shell full of imagenodes settings."""
+    config = tmp_path / "config"
+    (config / "imagenodes").mkdir(parents=True)
+    (config / "imagenodes" / "connections.toml").write_text(
+        '[connections.default]\nmodel = "/from/user/config"\n'
+    )
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    (suite / "test_pack.py").write_text(
+        textwrap.dedent(
+            """
+            import os, sys
+            from imagenodes import embedded_model_path
+
+            def test_isolated(imagenodes_host):
+                assert not [k for k in os.environ if k.startswith("IMAGENODES_")]
+                default = imagenodes_host.connections.get("default")  # not the user's
+                assert default.model == str(embedded_model_path())
+                assert default.device == "auto"
+                ids = {e["id"] for e in imagenodes_host.catalog()}
+                assert "checkerboard" in ids  # IMAGENODES_DISABLE_PLUGINS was dropped
+                imagenodes_host.run("checkerboard", {"size": 16, "squares": 2})
+                assert "torch" not in sys.modules
+            """
+        )
+    )
+    env = {
+        **os.environ,
+        "XDG_CONFIG_HOME": str(config),
+        "IMAGENODES_CONNECTION_DEFAULT_DEVICE": "tpu",
+        "IMAGENODES_DISABLE_PLUGINS": "checkerboard",
+    }
+    proc = run_pytest_in(suite, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "1 passed" in proc.stdout

@@ -27,10 +27,6 @@ def source_ref() -> str:
     return image_to_data_uri(Image.new("RGB", (64, 64), SOURCE_COLOUR))
 
 
-def host_for(model: Path, tmp_path: Path) -> Host:
-    return Host(tmp_path / "ws", connections={"default": {"model": str(model)}})
-
-
 def i2i(host: Host, source: str, **extra) -> dict:
     inputs = {
         "source_image": source,
@@ -50,8 +46,8 @@ def codes(result: dict) -> dict[str, dict]:
     return {f"{n['code']}:{n['field']}": n for n in result["notices"]}
 
 
-def test_sd_ignores_prompt_2_with_a_notice(tiny_models, tmp_path, source_ref) -> None:
-    host = host_for(tiny_models("sd"), tmp_path)
+def test_sd_ignores_prompt_2_with_a_notice(make_host, tiny_models, source_ref) -> None:
+    host = make_host(tiny_models("sd"))
     result = i2i(host, source_ref, prompt_2="a second prompt", image_guidance_scale=3)
     notes = codes(result)
     assert notes["PARAMETER_IGNORED:prompt_2"]["requested"] == "a second prompt"
@@ -60,8 +56,8 @@ def test_sd_ignores_prompt_2_with_a_notice(tiny_models, tmp_path, source_ref) ->
     assert host.engine.status()["loaded"][0]["tasks"] == ["image-to-image", "text-to-image"]
 
 
-def test_sdxl_uses_prompt_2(tiny_models, tmp_path, source_ref) -> None:
-    host = host_for(tiny_models("sdxl"), tmp_path)
+def test_sdxl_uses_prompt_2(make_host, tiny_models, source_ref) -> None:
+    host = make_host(tiny_models("sdxl"))
     a = i2i(host, source_ref, prompt_2="red")
     b = i2i(host, source_ref, prompt_2="green")
     assert not [n for n in a["notices"] if n["field"] == "prompt_2"]
@@ -72,9 +68,9 @@ def test_sdxl_uses_prompt_2(tiny_models, tmp_path, source_ref) -> None:
 
 
 def test_instruct_pix2pix_routes_to_an_edit_with_image_guidance(
-    tiny_models, tmp_path, source_ref
+    make_host, tiny_models, source_ref
 ) -> None:
-    host = host_for(tiny_models("instruct-pix2pix"), tmp_path)
+    host = make_host(tiny_models("instruct-pix2pix"))
     a = i2i(host, source_ref, image_guidance_scale=1.0)
     b = i2i(host, source_ref, image_guidance_scale=5.0)
     notes = codes(a)
@@ -92,8 +88,8 @@ def test_instruct_pix2pix_routes_to_an_edit_with_image_guidance(
     assert info.value.code == "GENERATION_FAILED" and "text-to-image" in info.value.message
 
 
-def test_flux_drops_negative_prompt_and_rounds_to_16(tiny_models, tmp_path, source_ref) -> None:
-    host = host_for(tiny_models("flux"), tmp_path)
+def test_flux_drops_negative_prompt_and_rounds_to_16(make_host, tiny_models, source_ref) -> None:
+    host = make_host(tiny_models("flux"))
     result = i2i(host, source_ref, width=72, height=64)
     notes = codes(result)
     assert notes["PARAMETER_IGNORED:negative_prompt"]["requested"] == "blurry"
@@ -102,8 +98,8 @@ def test_flux_drops_negative_prompt_and_rounds_to_16(tiny_models, tmp_path, sour
 
 
 @pytest.mark.parametrize("family", ["sd-turbo", "sdxl-turbo"])
-def test_turbo_clamps_guidance_and_steps(tiny_models, tmp_path, source_ref, family) -> None:
-    host = host_for(tiny_models(family), tmp_path)
+def test_turbo_clamps_guidance_and_steps(make_host, tiny_models, source_ref, family) -> None:
+    host = make_host(tiny_models(family))
     result = i2i(host, source_ref, steps=30, guidance_scale=7.5)
     notes = codes(result)
     assert notes["STEPS_CLAMPED:steps"]["applied"] == 4
@@ -121,9 +117,7 @@ def test_unprofiled_class_routes_through_autopipeline(tiny_models, tmp_path) -> 
     cfg = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
     cfg["_class_name"] = "LCMScheduler"
     (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(cfg))
-    resolved = Host(
-        tmp_path / "ws", connections={"default": {"model": str(folder)}}
-    ).engine.route(
+    resolved = Host(tmp_path / "ws", connections={"default": {"model": str(folder)}}).engine.route(
         runtime_config(
             Host(tmp_path / "w2")
             .connections.get("default")
@@ -134,18 +128,19 @@ def test_unprofiled_class_routes_through_autopipeline(tiny_models, tmp_path) -> 
     assert resolved.profile.pipelines["text-to-image"] == "LatentConsistencyModelPipeline"
 
 
-def test_unroutable_model_names_the_class(tiny_models, tmp_path) -> None:
+def test_unroutable_model_names_the_class(make_host, tiny_models, tmp_path) -> None:
     folder = tmp_path / "weird"
     shutil.copytree(tiny_models("sd"), folder)
     index = json.loads((folder / "model_index.json").read_text())
     index["_class_name"] = "MyVideoPipeline"
     (folder / "model_index.json").write_text(json.dumps(index))
-    host = host_for(folder, tmp_path)
+    host = make_host(folder)
     with pytest.raises(ConnectionConfigError) as info:
         host.run("generate_image_v2", {"prompt": "x", "negative_prompt": "", "steps": 1})
     assert "MyVideoPipeline" in info.value.message and info.value.field == "model"
 
 
+@pytest.mark.slow  # the runs reach the engine (and import torch) before the check
 def test_missing_model_and_offline_hub_id_are_connection_errors(tmp_path) -> None:
     for model in (str(tmp_path / "nope"), "some-org/not-cached-model"):
         host = Host(tmp_path / "ws", connections={"default": {"model": model}})

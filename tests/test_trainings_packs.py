@@ -5,11 +5,12 @@ from __future__ import annotations
 import io
 import json
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
-import torch
-from safetensors.torch import save_file
+from safetensors.numpy import save_file
 
 from imagenodes import Host, ImageNodesError, InputError
 from imagenodes.cli import main as cli_main
@@ -17,16 +18,25 @@ from imagenodes.library import InferencePackStore, SessionStore, TrainingStore
 from imagenodes.library.trainings import WEIGHT_NAME
 from imagenodes.nodes.image_generator import ImageGenerator
 from imagenodes.workspace import Workspace
+from tests.helpers import INSTALLED_PACKS
+
+#: Reading a safetensors file's tensor names imports torch (``lora_keys`` opens it with
+#: ``framework="pt"``), so the tests that register a training are in the slow tier.
+reads_weights = pytest.mark.slow
 
 
 def fake_lora(folder: Path, seed: int = 0) -> Path:
     """A diffusers-layout LoRA file (names only matter to the store, not to a model)."""
     folder.mkdir(parents=True, exist_ok=True)
-    gen = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
     save_file(
         {
-            "unet.mid_block.attn1.to_q.lora.down.weight": torch.randn(4, 32, generator=gen),
-            "unet.mid_block.attn1.to_q.lora.up.weight": torch.randn(32, 4, generator=gen),
+            "unet.mid_block.attn1.to_q.lora.down.weight": rng.standard_normal(
+                (4, 32), dtype=np.float32
+            ),
+            "unet.mid_block.attn1.to_q.lora.up.weight": rng.standard_normal(
+                (32, 4), dtype=np.float32
+            ),
         },
         str(folder / WEIGHT_NAME),
     )
@@ -34,8 +44,8 @@ def fake_lora(folder: Path, seed: int = 0) -> Path:
 
 
 @pytest.fixture
-def host(tmp_path: Path) -> Host:
-    return Host(tmp_path / "ws", load_entrypoints=True)
+def host(make_host: Callable[..., Host], tmp_path: Path) -> Host:
+    return make_host(workspace=tmp_path / "ws")
 
 
 def cli(tmp_path: Path, *argv: str) -> tuple[int, object]:
@@ -52,9 +62,10 @@ def test_host_exposes_the_three_stores(host: Host) -> None:
     # "packs" means inference packs only; plugin packs are listed by plugin_packs().
     assert not callable(host.packs)
     names = {p["name"] for p in host.plugin_packs()}
-    assert {"core", "image_generator", "generate_image", "sessions"} <= names
+    assert names == INSTALLED_PACKS
 
 
+@reads_weights
 def test_training_is_copied_into_the_workspace_and_recorded(host: Host, tmp_path: Path) -> None:
     tid = str(uuid.uuid4())
     source = fake_lora(tmp_path / "lora")
@@ -72,6 +83,7 @@ def test_training_is_copied_into_the_workspace_and_recorded(host: Host, tmp_path
     assert (Path(host.trainings.weights_path(tid)) / WEIGHT_NAME).is_file()
 
 
+@reads_weights
 def test_training_file_path_and_overwrite(host: Host, tmp_path: Path) -> None:
     tid = str(uuid.uuid4())
     weights = fake_lora(tmp_path / "a") / WEIGHT_NAME
@@ -95,8 +107,9 @@ def test_training_add_refuses_what_is_not_a_lora(host: Host, tmp_path: Path, mak
         host.trainings.add(str(uuid.uuid4()), make(tmp_path))
 
 
+@reads_weights
 def test_training_add_refuses_weights_without_lora_tensors(host: Host, tmp_path: Path) -> None:
-    save_file({"unet.conv.weight": torch.zeros(2)}, str(tmp_path / "plain.safetensors"))
+    save_file({"unet.conv.weight": np.zeros(2, np.float32)}, str(tmp_path / "plain.safetensors"))
     with pytest.raises(InputError, match="no LoRA tensors"):
         host.trainings.add(str(uuid.uuid4()), tmp_path / "plain.safetensors")
 
@@ -113,6 +126,7 @@ def test_unknown_or_malformed_training_ids(host: Host, tmp_path: Path) -> None:
         host.trainings.add("not-a-uuid", fake_lora(tmp_path / "l"))
 
 
+@reads_weights
 def test_non_local_workspace_materialises_weights_for_diffusers(tmp_path: Path) -> None:
     store = TrainingStore(Workspace(f"memory://trainings-{uuid.uuid4().hex}"))
     tid = str(uuid.uuid4())
@@ -122,6 +136,7 @@ def test_non_local_workspace_materialises_weights_for_diffusers(tmp_path: Path) 
     assert (local / WEIGHT_NAME).read_bytes() == (source / WEIGHT_NAME).read_bytes()
 
 
+@reads_weights
 def test_trainings_cli(tmp_path: Path) -> None:
     tid = str(uuid.uuid4())
     code, record = cli(tmp_path, "trainings", "add", tid, str(fake_lora(tmp_path / "l")))
