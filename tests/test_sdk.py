@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import TinyProfiles
 from PIL import Image
 from pydantic import Field
 
@@ -179,12 +178,8 @@ def test_an_unknown_ratio_without_fallback_is_invalid_aspect_ratio() -> None:
 
 
 @pytest.fixture(scope="module")
-def tiny(tiny_sd: Path, tmp_path_factory: pytest.TempPathFactory) -> Host:
-    return Host(
-        tmp_path_factory.mktemp("sdk-ws"),
-        connections={"default": {"model": str(tiny_sd)}},
-        plugins=[TinyProfiles()],
-    )
+def tiny(tiny_sd: Path, make_host: Any) -> Host:
+    return make_host(tiny_sd, tiny_profile=True)
 
 
 @pytest.mark.parametrize(
@@ -274,9 +269,9 @@ def _fail_writes_under(host: Host, monkeypatch: pytest.MonkeyPatch, prefix: str)
 
 
 def test_a_failed_session_entry_leaves_the_workspace_as_before(
-    tiny_sd: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_sd: Path, make_host: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    host = Host(tmp_path / "ws", connections={"default": {"model": str(tiny_sd)}})
+    host = make_host(tiny_sd, workspace=tmp_path / "ws")
     sid = host.run("create_session", {"name": "s"}).outputs["sessionId"]
     before = files(tmp_path / "ws")
     _fail_writes_under(host, monkeypatch, f"sessions/{sid}/history/")
@@ -290,9 +285,9 @@ def test_a_failed_session_entry_leaves_the_workspace_as_before(
 
 
 def test_a_failed_cache_entry_leaves_the_workspace_as_before(
-    tiny_sd: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_sd: Path, make_host: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    host = Host(tmp_path / "ws", connections={"default": {"model": str(tiny_sd)}})
+    host = make_host(tiny_sd, workspace=tmp_path / "ws")
     _fail_writes_under(host, monkeypatch, "cache/")
     with pytest.raises(ImageNodesError):
         host.run("image_generation", {"prompt": "p", "seed": 3})

@@ -20,10 +20,6 @@ from imagenodes.nodes.image_generator import ImageGenerator
 from imagenodes.workspace import Workspace
 from tests.helpers import INSTALLED_PACKS
 
-#: Reading a safetensors file's tensor names imports torch (``lora_keys`` opens it with
-#: ``framework="pt"``), so the tests that register a training are in the slow tier.
-reads_weights = pytest.mark.slow
-
 
 def fake_lora(folder: Path, seed: int = 0) -> Path:
     """A diffusers-layout LoRA file (names only matter to the store, not to a model)."""
@@ -65,7 +61,6 @@ def test_host_exposes_the_three_stores(host: Host) -> None:
     assert names == INSTALLED_PACKS
 
 
-@reads_weights
 def test_training_is_copied_into_the_workspace_and_recorded(host: Host, tmp_path: Path) -> None:
     tid = str(uuid.uuid4())
     source = fake_lora(tmp_path / "lora")
@@ -83,7 +78,6 @@ def test_training_is_copied_into_the_workspace_and_recorded(host: Host, tmp_path
     assert (Path(host.trainings.weights_path(tid)) / WEIGHT_NAME).is_file()
 
 
-@reads_weights
 def test_training_file_path_and_overwrite(host: Host, tmp_path: Path) -> None:
     tid = str(uuid.uuid4())
     weights = fake_lora(tmp_path / "a") / WEIGHT_NAME
@@ -107,7 +101,6 @@ def test_training_add_refuses_what_is_not_a_lora(host: Host, tmp_path: Path, mak
         host.trainings.add(str(uuid.uuid4()), make(tmp_path))
 
 
-@reads_weights
 def test_training_add_refuses_weights_without_lora_tensors(host: Host, tmp_path: Path) -> None:
     save_file({"unet.conv.weight": np.zeros(2, np.float32)}, str(tmp_path / "plain.safetensors"))
     with pytest.raises(InputError, match="no LoRA tensors"):
@@ -126,7 +119,6 @@ def test_unknown_or_malformed_training_ids(host: Host, tmp_path: Path) -> None:
         host.trainings.add("not-a-uuid", fake_lora(tmp_path / "l"))
 
 
-@reads_weights
 def test_non_local_workspace_materialises_weights_for_diffusers(tmp_path: Path) -> None:
     store = TrainingStore(Workspace(f"memory://trainings-{uuid.uuid4().hex}"))
     tid = str(uuid.uuid4())
@@ -136,7 +128,6 @@ def test_non_local_workspace_materialises_weights_for_diffusers(tmp_path: Path) 
     assert (local / WEIGHT_NAME).read_bytes() == (source / WEIGHT_NAME).read_bytes()
 
 
-@reads_weights
 def test_trainings_cli(tmp_path: Path) -> None:
     tid = str(uuid.uuid4())
     code, record = cli(tmp_path, "trainings", "add", tid, str(fake_lora(tmp_path / "l")))

@@ -48,11 +48,15 @@ def normalize_uuid(value: str, *, field: str, error: type[ImageNodesError]) -> s
 
 
 def lora_keys(path: Path) -> list[str]:
-    """Tensor names of a safetensors file; raises InputError when it is not one."""
+    """Tensor names of a safetensors file; raises InputError when it is not one.
+
+    Only the header is read; ``framework="numpy"`` so registering a training never
+    imports torch (``imagenodes trainings add`` stays fast, and torch-free).
+    """
     from safetensors import safe_open
 
     try:
-        with safe_open(str(path), framework="pt") as fh:
+        with safe_open(str(path), framework="numpy") as fh:
             return list(fh.keys())
     except Exception as exc:  # safetensors raises several unrelated types
         raise InputError(
