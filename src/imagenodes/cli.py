@@ -530,7 +530,13 @@ def build_parser() -> argparse.ArgumentParser:
 def _extra_commands() -> list[Callable[[Any], None]]:
     """Sub-command installers of optional modules (flows, trainings, packs, mcp)."""
     installers = []
-    for module in ("imagenodes.flows.cli", "imagenodes.library_cli", "imagenodes.mcp_server"):
+    modules = (
+        "imagenodes.flows.cli",
+        "imagenodes.library_cli",
+        "imagenodes.mcp_server",
+        "imagenodes.server.cli",
+    )
+    for module in modules:
         try:
             mod = __import__(module, fromlist=["add_commands"])
         except ImportError:

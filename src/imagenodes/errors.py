@@ -33,6 +33,16 @@ SOLUTIONS: dict[str, str] = {
     "ENGINE_NOT_INITIALIZED": "Run check-engine-status first and make sure the model can be loaded",
     "UNKNOWN_TRAINING": "Register the training with `imagenodes trainings add <uuid> <path>` first",
     "UNKNOWN_INFERENCE_PACK": "Create the pack with `imagenodes packs create` first",
+    "UNKNOWN_JOB": "List jobs with GET /v1/jobs; deleted jobs are gone",
+    "JOB_CONFLICT": "Use a new job id for a different request, or wait until the job has finished",
+    "QUEUE_FULL": "Retry after the number of seconds in Retry-After, when the queue has room",
+    "SERVICE_UNAVAILABLE": "The server is starting or shutting down; retry shortly",
+    "UNAUTHORIZED": "Send the server's token as 'Authorization: Bearer <token>'",
+    "FORBIDDEN": "Call the API from the server's own origin or one allowed with --cors-origin",
+    "PAYLOAD_TOO_LARGE": "Send a smaller body (uploads: a smaller image)",
+    "UNSUPPORTED_MEDIA_TYPE": "Send application/json (multipart/form-data or an image type to /v1/uploads)",
+    "FILE_NOT_FOUND": "Use a file reference the service returned (runs/… or uploads/…)",
+    "NOT_FOUND": "No such endpoint or method; the API is described at /openapi.json",
 }
 
 #: Error codes that mean "the caller gave bad input/config" (CLI exit code 2).
@@ -52,6 +62,15 @@ USER_ERROR_CODES = frozenset(
         "INVALID_SESSION",
         "UNKNOWN_TRAINING",
         "UNKNOWN_INFERENCE_PACK",
+        "UNKNOWN_JOB",
+        "JOB_CONFLICT",
+        "QUEUE_FULL",
+        "UNAUTHORIZED",
+        "FORBIDDEN",
+        "PAYLOAD_TOO_LARGE",
+        "UNSUPPORTED_MEDIA_TYPE",
+        "FILE_NOT_FOUND",
+        "NOT_FOUND",
     }
 )
 
@@ -176,21 +195,80 @@ class InvalidDimensions(ImageNodesError):
     code = "INVALID_DIMENSIONS"
 
 
+class ServiceError(ImageNodesError):
+    """An HTTP-service condition (unknown job, conflict, full queue, auth, caps)."""
+
+
+class UnknownJob(ServiceError):
+    code = "UNKNOWN_JOB"
+
+
+class JobConflict(ServiceError):
+    """A job id exists with another body, or the job is in the wrong state."""
+
+    code = "JOB_CONFLICT"
+
+
+class QueueFull(ServiceError):
+    code = "QUEUE_FULL"
+
+
+class ServiceUnavailable(ServiceError):
+    code = "SERVICE_UNAVAILABLE"
+
+
+class Unauthorized(ServiceError):
+    code = "UNAUTHORIZED"
+
+
+class Forbidden(ServiceError):
+    code = "FORBIDDEN"
+
+
+class PayloadTooLarge(ServiceError):
+    code = "PAYLOAD_TOO_LARGE"
+
+
+class UnsupportedMediaType(ServiceError):
+    code = "UNSUPPORTED_MEDIA_TYPE"
+
+
+class FileNotFound(ServiceError):
+    code = "FILE_NOT_FOUND"
+
+
+class NotFound(ServiceError):
+    """No such endpoint (or not with that method)."""
+
+    code = "NOT_FOUND"
+
+
 __all__ = [
     "SOLUTIONS",
     "USER_ERROR_CODES",
     "Cancelled",
     "ConnectionConfigError",
     "EngineNotInitialized",
+    "FileNotFound",
+    "Forbidden",
     "GenerationFailed",
     "GenerationTimeout",
     "ImageNodesError",
     "InputError",
     "InvalidDimensions",
     "InvalidSession",
+    "JobConflict",
+    "NotFound",
+    "PayloadTooLarge",
     "PluginError",
+    "QueueFull",
+    "ServiceError",
+    "ServiceUnavailable",
     "SourceImageError",
+    "Unauthorized",
     "UnknownInferencePack",
+    "UnknownJob",
     "UnknownNodeError",
     "UnknownTraining",
+    "UnsupportedMediaType",
 ]

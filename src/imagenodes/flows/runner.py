@@ -25,6 +25,7 @@ an INVALID_INPUT naming the step and the parameter, with the keys that do exist.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Callable, Mapping
@@ -33,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from imagenodes.errors import ImageNodesError, InputError, UnknownNodeError
+from imagenodes.registry.context import CancelToken
 from imagenodes.registry.events import Event
 
 #: ``$.input...``, ``$.results...``: dotted keys and [index] parts.
@@ -288,11 +290,13 @@ class FlowRunner:
         on_event: Callable[[Event], None] | None = None,
         connections: Mapping[str, str] | None = None,
         on_step: Callable[[StepRecord], None] | None = None,
+        token: CancelToken | None = None,
     ) -> FlowResult:
         """Run every step in order; the first failing step stops the flow.
 
         A step's error keeps its code; its message and field are prefixed with the
-        step id, and ``details.step`` names it.
+        step id, and ``details.step`` names it.  Every event carries ``step_id`` in its
+        data; one ``token`` cancels the whole flow (the running step and the rest).
         """
         data = load_flow(flow)
         steps = self.check(data)
@@ -304,7 +308,11 @@ class FlowRunner:
             try:
                 params = self.substitute(step["parameters"], scope, where)
                 run = self.host.run(
-                    step["node"], params, on_event=on_event, connections=connections
+                    step["node"],
+                    params,
+                    on_event=_for_step(on_event, step["id"]),
+                    connections=connections,
+                    token=token,
                 )
             except ImageNodesError as exc:
                 raise _step_error(exc, step) from exc
@@ -375,3 +383,17 @@ def run_flow(
 ) -> FlowResult:
     """Convenience: ``FlowRunner(host).run(flow, inputs)``."""
     return FlowRunner(host).run(flow, inputs, **kwargs)
+
+
+def _for_step(
+    on_event: Callable[[Event], None] | None, step_id: str
+) -> Callable[[Event], None] | None:
+    """Tag a step's events with its id (builders show progress per step)."""
+    if on_event is None:
+        return None
+    callback = on_event
+
+    def tagged(event: Event) -> None:
+        callback(dataclasses.replace(event, data={**event.data, "step_id": step_id}))
+
+    return tagged

@@ -1,0 +1,381 @@
+"""The job service: submission, workers, cancellation, restart recovery, live events.
+
+Workers are threads of the server process that claim queued jobs from the store and run
+them through ``Host.run`` — the one run path every frontend takes — so a job gets the
+same validation, staging, notices and run records as a Python call.  Library events are
+translated into the service's envelope (``model.loading``, ``node.progress``,
+``image.stored`` …), persisted with a per-job ``seq``, and pushed to whoever listens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from imagenodes.errors import (
+    Cancelled,
+    GenerationFailed,
+    ImageNodesError,
+    JobConflict,
+    ServiceUnavailable,
+    UnknownJob,
+)
+from imagenodes.registry.context import CancelToken
+from imagenodes.registry.events import Event
+from imagenodes.sdk import draw_seed
+from imagenodes.server.settings import ServerSettings
+from imagenodes.server.store import TERMINAL, JobEvent, JobRecord, JobStore
+
+if TYPE_CHECKING:
+    from imagenodes.registry.host import Host
+
+log = logging.getLogger(__name__)
+
+#: Library event type → service event type (run_* are the service's own job.* events).
+_EVENT_TYPES = {
+    "model_loading": "model.loading",
+    "model_loaded": "model.loaded",
+    "step": "node.progress",
+    "image_stored": "image.stored",
+}
+
+
+def body_hash(body: Mapping[str, Any]) -> str:
+    """Canonical hash of a job body (idempotent PUT compares these)."""
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def file_url(host: Host, ref: str) -> str | None:
+    """The service URL of a workspace reference (``/v1/files/<path>``)."""
+    prefix = host.workspace.url + "/"
+    return f"/v1/files/{ref[len(prefix) :]}" if ref.startswith(prefix) else None
+
+
+class _Listeners:
+    """Asyncio listeners per job, woken from worker threads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_job: dict[str, set[tuple[asyncio.AbstractEventLoop, asyncio.Event]]] = {}
+
+    def add(self, job_id: str) -> asyncio.Event:
+        event = asyncio.Event()
+        with self._lock:
+            self._by_job.setdefault(job_id, set()).add((asyncio.get_running_loop(), event))
+        return event
+
+    def remove(self, job_id: str, event: asyncio.Event) -> None:
+        with self._lock:
+            waiters = self._by_job.get(job_id, set())
+            for item in [w for w in waiters if w[1] is event]:
+                waiters.discard(item)
+            if not waiters:
+                self._by_job.pop(job_id, None)
+
+    def wake(self, job_id: str) -> None:
+        with self._lock:
+            waiters = list(self._by_job.get(job_id, ()))
+        for loop, event in waiters:
+            try:
+                loop.call_soon_threadsafe(event.set)
+            except RuntimeError:  # the listener's loop has closed
+                pass
+
+
+class JobService:
+    """Owns the workers; the HTTP layer calls only these methods."""
+
+    def __init__(self, host: Host, settings: ServerSettings, store: JobStore) -> None:
+        self.host = host
+        self.settings = settings
+        self.store = store
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.listeners = _Listeners()
+        self._tokens: dict[str, CancelToken] = {}
+        self._tokens_lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.ready = False
+
+    # -- lifecycle ------------------------------------------------------------------
+    def start(self) -> None:
+        self.recover()
+        for index in range(max(1, self.settings.workers)):
+            thread = threading.Thread(
+                target=self._work, name=f"imagenodes-worker-{index}", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
+        beat = threading.Thread(target=self._heartbeats, name="imagenodes-heartbeat", daemon=True)
+        beat.start()
+        self._threads.append(beat)
+        self.ready = True
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop taking jobs; the running ones are cancelled and re-queued (same seed)."""
+        self.ready = False
+        self._stopping.set()
+        with self._tokens_lock:
+            tokens = list(self._tokens.values())
+        for token in tokens:
+            token.cancel("shutdown")
+        wake = getattr(self.store, "wake", None)
+        if wake is not None:
+            with wake:
+                wake.notify_all()
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+    def recover(self) -> None:
+        """Jobs left running by a process that died: re-queue them (bounded) or fail.
+
+        The embedded SQLite queue has one owning process, so at start-up every running
+        job is an orphan, whatever its lease says.
+        """
+        for job in self.store.orphaned(float("inf")):
+            requeue = (
+                self.settings.on_restart == "requeue" and job.attempts < self.settings.max_attempts
+            )
+            if requeue:
+                self.store.requeue(job.id, count_attempt=True, reason="restart")
+                continue
+            error = GenerationFailed(
+                f"the server stopped while this job ran (attempt {job.attempts} of "
+                f"{self.settings.max_attempts}, on_restart={self.settings.on_restart})"
+            ).to_dict()
+            self.store.finish(job.id, "failed", error=error)
+            self._emit(job, "job.completed", {"status": "failed", "outputs": None, "error": error})
+
+    # -- submission -----------------------------------------------------------------
+    def submit(
+        self, body: dict[str, Any], *, job_id: str | None = None, kind: str = "node"
+    ) -> tuple[JobRecord, bool]:
+        """Validate and queue; (record, created).  Raises the library's coded errors,
+        JOB_CONFLICT, QUEUE_FULL and SERVICE_UNAVAILABLE."""
+        if self._stopping.is_set():
+            raise ServiceUnavailable("the server is shutting down and takes no new jobs")
+        digest = body_hash(body)
+        if job_id is not None:
+            existing = self.store.get(job_id)
+            if existing is not None:
+                if existing.body_hash != digest:
+                    raise JobConflict(f"job {job_id} exists with a different body", field="id")
+                return existing, False
+        stored = dict(body)
+        node = "flow" if kind == "flow" else str(body["node"])
+        if kind == "node":
+            validated = self.host.validate(node, body.get("inputs") or {})
+            inputs = dict(body.get("inputs") or {})
+            # An unseeded request gets its seed now, so a re-run after a restart (or a
+            # retry) makes the same images.
+            if "seed" in type(validated).model_fields and inputs.get("seed") is None:
+                inputs["seed"] = draw_seed()
+            stored["inputs"] = inputs
+        record = JobRecord(
+            id=job_id or uuid.uuid4().hex,
+            kind=kind,
+            node=node,
+            body=stored,
+            body_hash=digest,
+            status="queued",
+            created=time.time(),
+        )
+        return self.store.create(record, max_queue=self.settings.max_queue)
+
+    def cancel(self, job_id: str) -> bool:
+        """True when this call (or an earlier one) stopped the job before it finished."""
+        job = self._job(job_id)
+        if job.status in TERMINAL:
+            return job.status == "cancelled"
+        if self.store.cancel_queued(job_id):
+            self._emit(
+                job,
+                "job.completed",
+                {"status": "cancelled", "outputs": None, "error": _cancelled(job_id)},
+            )
+            return True
+        self.store.request_cancel(job_id)
+        with self._tokens_lock:
+            token = self._tokens.get(job_id)
+        if token is not None:
+            token.cancel("cancelled")
+        return True
+
+    def retry(self, job_id: str) -> JobRecord:
+        job = self._job(job_id)
+        if job.status not in ("failed", "cancelled"):
+            raise JobConflict(f"job {job_id} is {job.status}; only failed or cancelled jobs retry")
+        self.store.requeue(job_id, count_attempt=True, reason="retry")
+        return self._job(job_id)
+
+    def delete(self, job_id: str) -> None:
+        job = self._job(job_id)
+        if job.status not in TERMINAL:
+            raise JobConflict(f"job {job_id} is {job.status}; cancel it before deleting it")
+        self.store.delete(job_id)
+
+    def _job(self, job_id: str) -> JobRecord:
+        job = self.store.get(job_id)
+        if job is None:
+            raise UnknownJob(f"no job {job_id!r}", field="id")
+        return job
+
+    def running(self) -> list[str]:
+        with self._tokens_lock:
+            return list(self._tokens)
+
+    # -- events ---------------------------------------------------------------------
+    def _emit(
+        self, job: JobRecord, type: str, data: dict[str, Any], step_id: str | None = None
+    ) -> JobEvent:
+        return self.store.append_event(job.id, type, data, node=job.node, step_id=step_id)
+
+    def published(self, event: JobEvent) -> None:
+        """The store's ``on_event``: wake the job's listeners (SSE, WebSocket, waits)."""
+        self.listeners.wake(event.job_id)
+
+    def _relay(self, job: JobRecord) -> Any:
+        def on_event(event: Event) -> None:
+            kind = _EVENT_TYPES.get(event.type)
+            if kind is None:
+                return
+            data = dict(event.data)
+            step_id = data.pop("step_id", None)
+            if kind == "node.progress":
+                total = int(data.get("total") or 0)
+                step = int(data.get("step") or 0)
+                data = {
+                    "step": step,
+                    "total": total,
+                    "fraction": round(step / total, 4) if total else None,
+                    "batch_index": data.get("batch_index"),
+                    "eta_s": data.get("eta_s"),
+                }
+            elif kind == "image.stored":
+                ref = str(data.get("ref", ""))
+                data["url"] = file_url(self.host, ref)
+                if data["url"] is not None:
+                    self.store.record_file(data["url"].removeprefix("/v1/files/"), job.id)
+            self._emit(job, kind, data, step_id=step_id)
+
+        return on_event
+
+    # -- workers --------------------------------------------------------------------
+    def _work(self) -> None:
+        wake = getattr(self.store, "wake", None)
+        while not self._stopping.is_set():
+            job = None
+            if not self.store.get_flag("paused"):
+                job = self.store.claim(self.owner, self.settings.lease_s)
+            if job is None:
+                if wake is not None:
+                    with wake:
+                        wake.wait(timeout=1.0)
+                else:
+                    self._stopping.wait(0.2)
+                continue
+            self._execute(job)
+
+    def _heartbeats(self) -> None:
+        interval = max(0.5, self.settings.lease_s / 3)
+        while not self._stopping.wait(interval):
+            for job_id in self.running():
+                self.store.heartbeat(job_id, self.owner, self.settings.lease_s)
+
+    def _execute(self, job: JobRecord) -> None:
+        token = CancelToken()
+        with self._tokens_lock:
+            self._tokens[job.id] = token
+        try:
+            if self.store.get(job.id) is None:
+                return  # deleted meanwhile
+            fresh = self._job(job.id)
+            if fresh.cancel_requested:
+                token.cancel("cancelled")
+            run_id = uuid.uuid4().hex
+            self.store.set_run(job.id, run_id)
+            self._emit(job, "job.started", {"attempt": fresh.attempts, "run_id": run_id})
+            try:
+                if token.cancelled:
+                    raise Cancelled(f"job {job.id} was cancelled", field=None)
+                result = self._run(job, run_id, token)
+            except Cancelled as exc:
+                if token.reason == "shutdown":
+                    self.store.requeue(job.id, count_attempt=False, reason="shutdown")
+                    return
+                error = exc.to_dict()
+                self.store.finish(job.id, "cancelled", error=error)
+                self._emit(
+                    job, "job.completed", {"status": "cancelled", "outputs": None, "error": error}
+                )
+                return
+            except ImageNodesError as exc:
+                error = exc.to_dict()
+                self.store.finish(job.id, "failed", error=error)
+                self._emit(
+                    job, "job.completed", {"status": "failed", "outputs": None, "error": error}
+                )
+                return
+            self.store.finish(job.id, "succeeded", result=result)
+            self._emit(
+                job,
+                "job.completed",
+                {
+                    "status": "succeeded",
+                    "outputs": result.get("outputs"),
+                    "error": None,
+                    "timings": result.get("timings"),
+                },
+            )
+        except Exception:  # the worker must survive anything a job does
+            log.exception("worker failed on job %s", job.id)
+            error = GenerationFailed(f"job {job.id} failed in the service").to_dict()
+            self.store.finish(job.id, "failed", error=error)
+            self._emit(job, "job.completed", {"status": "failed", "outputs": None, "error": error})
+        finally:
+            with self._tokens_lock:
+                self._tokens.pop(job.id, None)
+
+    def _run(self, job: JobRecord, run_id: str, token: CancelToken) -> dict[str, Any]:
+        body = job.body
+        on_event = self._relay(job)
+        if job.kind == "flow":
+            from imagenodes.flows.runner import FlowRunner
+
+            flow_result = FlowRunner(self.host).run(
+                body["flow"],
+                body.get("inputs") or {},
+                on_event=on_event,
+                connections=body.get("connections"),
+                token=token,
+            )
+            return dict(flow_result.to_dict())
+        result = self.host.run(
+            job.node,
+            body.get("inputs") or {},
+            connections=body.get("connections"),
+            on_event=on_event,
+            run_id=run_id,
+            token=token,
+            timeout=self.settings.job_timeout,
+        )
+        out = result.to_dict()
+        out["notices"] = result.notices
+        refs = self.host.workspace.refs_in(result.outputs)
+        out["urls"] = [url for ref in refs if (url := file_url(self.host, ref)) is not None]
+        return out
+
+
+def _cancelled(job_id: str) -> dict[str, Any]:
+    return Cancelled(f"job {job_id} was cancelled before it started", field=None).to_dict()

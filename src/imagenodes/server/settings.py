@@ -1,0 +1,61 @@
+"""Settings of the builder service (``imagenodes serve`` flags, or ``create_app``)."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+TOKEN_ENV = "IMAGENODES_TOKEN"
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Everything the service is configured with; defaults are the safe ones."""
+
+    host: str = "127.0.0.1"
+    port: int = 8188
+    #: SQLite queue and other service state (default: ``<workspace>/.server`` for local
+    #: workspaces, else ``./.imagenodes-server``).
+    state_dir: Path | None = None
+    #: Bearer token every endpoint but /healthz requires (default ``IMAGENODES_TOKEN``).
+    token: str | None = None
+    workers: int = 1
+    #: Queued jobs beyond which ``POST /jobs`` answers 429.
+    max_queue: int = 100
+    on_restart: Literal["requeue", "fail"] = "requeue"
+    #: Attempts a job gets across restarts before it is failed.
+    max_attempts: int = 3
+    #: Seconds a worker's lease lasts without a heartbeat.
+    lease_s: float = 30.0
+    #: Per-job timeout in seconds (None = the node's own).
+    job_timeout: float | None = 600.0
+    cors_origins: tuple[str, ...] = ()
+    #: Request bodies larger than this are refused with 413 before they are read.
+    max_body_bytes: int = 1 * 1024 * 1024
+    max_upload_bytes: int = 20 * 1024 * 1024
+    #: Longest ``Prefer: wait=N`` honoured.
+    max_wait_s: float = 60.0
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def resolved_token(self) -> str | None:
+        return self.token or os.environ.get(TOKEN_ENV) or None
+
+    def check_bind(self) -> None:
+        """Refuse to listen beyond loopback without a token (the default is local only)."""
+        if not is_loopback(self.host) and not self.resolved_token():
+            raise ValueError(
+                f"refusing to listen on {self.host!r} without a token: pass --token or set "
+                f"{TOKEN_ENV} (only 127.0.0.1 / ::1 / localhost may run without one)"
+            )
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

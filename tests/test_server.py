@@ -1,0 +1,518 @@
+"""The builder service over real HTTP: uvicorn on a free 127.0.0.1 port, httpx clients.
+
+Every test talks to a real server (the app on uvicorn in a thread, or ``imagenodes
+serve`` in a subprocess for the restart test) on the embedded model or the tiny SD.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from httpx_sse import connect_sse
+from PIL import Image
+
+from imagenodes import Host
+from imagenodes.server import ServerSettings, create_app
+
+pytestmark = pytest.mark.slow
+
+BASE = {"prompt": "a red circle on a blue background", "negative_prompt": ""}
+FAST = {**BASE, "aspect_ratio": "1:1", "steps": 3}
+
+
+@dataclass
+class Served:
+    url: str
+    host: Host
+    server: Any
+    thread: threading.Thread
+
+    def client(self, **kwargs: Any) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=60, **kwargs)
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[Callable[..., Served]]:
+    """Start the app on uvicorn (port 0) in a thread; stopped at teardown."""
+    import uvicorn
+
+    running: list[Served] = []
+
+    def start(host: Host | None = None, **options: Any) -> Served:
+        host = host or Host(tmp_path / "ws")
+        settings = ServerSettings(port=0, state_dir=tmp_path / "state", **options)
+        app = create_app(host, settings)
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 30
+        while not server.started:
+            assert time.monotonic() < deadline, "server did not start"
+            time.sleep(0.05)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        served = Served(f"http://127.0.0.1:{port}", host, server, thread)
+        running.append(served)
+        return served
+
+    yield start
+    for served in running:
+        served.server.should_exit = True
+        served.thread.join(30)
+
+
+def events_of(client: httpx.Client, job_id: str, **headers: str) -> list[dict[str, Any]]:
+    """The job's SSE stream read to its end (job.completed)."""
+    out = []
+    with connect_sse(client, "GET", f"/v1/jobs/{job_id}/events", headers=headers) as source:
+        for sse in source.iter_sse():
+            event = json.loads(sse.data)
+            assert sse.id == str(event["seq"]) and sse.event == event["type"]
+            out.append(event)
+    return out
+
+
+def wait_status(client: httpx.Client, job_id: str, statuses: set[str], limit: float = 60) -> dict:
+    deadline = time.monotonic() + limit
+    while True:
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        if job["status"] in statuses:
+            return job
+        assert time.monotonic() < deadline, job
+        time.sleep(0.05)
+
+
+def png(colour: tuple[int, int, int] = (200, 30, 30), size: tuple[int, int] = (64, 64)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, colour).save(buf, "PNG")
+    return buf.getvalue()
+
+
+# -- a run end to end ---------------------------------------------------------------------
+def test_a_job_end_to_end_with_events_and_the_png(serve: Callable[..., Served]) -> None:
+    served = serve()
+    with served.client() as c:
+        assert c.get("/v1").json()["links"]["jobs"] == "/v1/jobs"
+        assert {e["id"] for e in c.get("/v1/nodes").json()["nodes"]} >= {"generate_image_v2"}
+        r = c.post("/v1/jobs", json={"node": "generate_image_v2", "inputs": {**FAST, "seed": 5}})
+        assert r.status_code == 202 and r.headers["location"] == f"/v1/jobs/{r.json()['id']}"
+        job_id = r.json()["id"]
+        events = events_of(c, job_id)
+        types = [e["type"] for e in events]
+        assert types[0] == "job.queued" and types[1] == "job.started"
+        assert types[-1] == "job.completed" and events[-1]["data"]["status"] == "succeeded"
+        assert "model.loading" in types and "model.loaded" in types
+        progress = [e["data"] for e in events if e["type"] == "node.progress"]
+        assert [p["step"] for p in progress] == [1, 2, 3] and progress[-1]["fraction"] == 1.0
+        assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+        stored = [e["data"] for e in events if e["type"] == "image.stored"]
+        assert len(stored) == 1 and stored[0]["url"].startswith("/v1/files/runs/")
+        job = c.get(f"/v1/jobs/{job_id}").json()
+        assert job["status"] == "succeeded" and job["seeds"] == [5]
+        assert job["outputs"]["images"] == [stored[0]["ref"]] and job["urls"] == [stored[0]["url"]]
+        f = c.get(stored[0]["url"])
+        assert f.headers["content-type"] == "image/png"
+        assert f.headers["x-content-type-options"] == "nosniff"
+        with Image.open(io.BytesIO(f.content)) as image:
+            assert image.size == (64, 64)
+        # Reconnecting after the end replays the stream; Last-Event-ID resumes it.
+        assert events_of(c, job_id) == events
+        assert events_of(c, job_id, **{"Last-Event-ID": "3"}) == events[3:]
+
+
+def test_prefer_wait_answers_when_done(serve: Callable[..., Served]) -> None:
+    served = serve()
+    with served.client() as c:
+        body = {"node": "generate_image_v2", "inputs": {**FAST, "seed": 1}}
+        r = c.post("/v1/jobs", json=body, headers={"Prefer": "wait=60"})
+        assert r.status_code == 200 and r.json()["status"] == "succeeded"
+        assert len(r.json()["outputs"]["images"]) == 1
+
+
+def test_unseeded_jobs_get_a_seed_at_submission(serve: Callable[..., Served]) -> None:
+    served = serve()
+    with served.client() as c:
+        c.post("/v1/queue/pause")
+        job = c.post("/v1/jobs", json={"node": "generate_image_v2", "inputs": FAST}).json()
+        assert isinstance(job["inputs"]["seed"], int)  # a re-run makes the same images
+
+
+def test_healthz_answers_while_a_generation_runs(serve: Callable[..., Served]) -> None:
+    served = serve()
+    with served.client() as c:
+        body = {"node": "generate_image_v2", "inputs": {**BASE, "aspect_ratio": "1:1", "steps": 40}}
+        job_id = c.post("/v1/jobs", json=body).json()["id"]
+        wait_status(c, job_id, {"running"})
+        start = time.monotonic()
+        assert c.get("/v1/healthz").json() == {"status": "ok"}
+        assert time.monotonic() - start < 1.0
+        assert c.get("/v1/readyz").json()["status"] == "BUSY"
+        c.post(f"/v1/jobs/{job_id}/cancel")
+
+
+# -- errors keep their codes ------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("body", "status", "code", "field"),
+    [
+        (
+            {"node": "generate_image_v2", "inputs": {**FAST, "steps": 51}},
+            422,
+            "INVALID_STEPS",
+            "steps",
+        ),
+        (
+            {"node": "generate_image_v2", "inputs": {"negative_prompt": ""}},
+            422,
+            "EMPTY_PROMPT",
+            "prompt",
+        ),
+        ({"node": "no_such_node", "inputs": {}}, 404, "UNKNOWN_NODE", "node"),
+        ({"node": "generate_image_v2", "extra": 1}, 422, "INVALID_INPUT", "extra"),
+    ],
+)
+def test_bad_jobs_are_refused_with_the_library_code(
+    serve: Callable[..., Served], body: dict, status: int, code: str, field: str
+) -> None:
+    served = serve()
+    with served.client() as c:
+        r = c.post("/v1/jobs", json=body)
+        assert r.status_code == status
+        assert (r.json()["error"]["code"], r.json()["error"]["field"]) == (code, field)
+        assert c.get("/v1/jobs").json()["jobs"] == []
+
+
+def test_put_is_idempotent_and_a_different_body_conflicts(serve: Callable[..., Served]) -> None:
+    served = serve()
+    job_id = str(uuid.uuid4())
+    body = {"node": "generate_image_v2", "inputs": {**FAST, "seed": 2}}
+    with served.client() as c:
+        c.post("/v1/queue/pause")
+        first = c.put(f"/v1/jobs/{job_id}", json=body)
+        again = c.put(f"/v1/jobs/{job_id}", json=body)
+        assert first.status_code == again.status_code == 202
+        assert first.json()["id"] == again.json()["id"] == uuid.UUID(job_id).hex
+        other = c.put(f"/v1/jobs/{job_id}", json={**body, "inputs": {**FAST, "seed": 3}})
+        assert other.status_code == 409 and other.json()["error"]["code"] == "JOB_CONFLICT"
+        assert len(c.get("/v1/jobs").json()["jobs"]) == 1
+        assert c.put("/v1/jobs/not-a-uuid", json=body).status_code == 422
+
+
+def test_full_queue_is_429_with_retry_after(serve: Callable[..., Served]) -> None:
+    served = serve(max_queue=2)
+    with served.client() as c:
+        c.post("/v1/queue/pause")
+        body = {"node": "generate_image_v2", "inputs": FAST}
+        assert [c.post("/v1/jobs", json=body).status_code for _ in range(2)] == [202, 202]
+        r = c.post("/v1/jobs", json=body)
+        assert r.status_code == 429 and r.json()["error"]["code"] == "QUEUE_FULL"
+        assert int(r.headers["retry-after"]) > 0
+        assert c.get("/v1/queue").json()["depth"] == 2
+
+
+# -- cancel in each state ----------------------------------------------------------------------
+def test_cancel_queued_running_and_finished(serve: Callable[..., Served]) -> None:
+    served = serve()
+    with served.client() as c:
+        c.post("/v1/queue/pause")
+        queued = c.post("/v1/jobs", json={"node": "generate_image_v2", "inputs": FAST}).json()
+        assert c.post(f"/v1/jobs/{queued['id']}/cancel").json() == {"cancelled": True}
+        assert c.post(f"/v1/jobs/{queued['id']}/cancel").json() == {"cancelled": True}
+        assert c.get(f"/v1/jobs/{queued['id']}").json()["status"] == "cancelled"
+        assert events_of(c, queued["id"])[-1]["data"]["status"] == "cancelled"
+
+        c.post("/v1/queue/resume")
+        slow = {"node": "generate_image_v2", "inputs": {**BASE, "aspect_ratio": "1:1", "steps": 50}}
+        running = c.post("/v1/jobs", json=slow).json()
+        with connect_sse(c, "GET", f"/v1/jobs/{running['id']}/events") as source:
+            for sse in source.iter_sse():
+                if sse.event == "node.progress":
+                    break
+        assert c.post(f"/v1/jobs/{running['id']}/cancel").json() == {"cancelled": True}
+        job = wait_status(c, running["id"], {"cancelled", "succeeded", "failed"})
+        assert job["status"] == "cancelled" and job["error"]["code"] == "CANCELLED"
+        run_dirs = list((Path(served.host.workspace.root) / "runs").glob("*"))
+        assert run_dirs == []  # nothing half-written
+
+        done = c.post(
+            "/v1/jobs",
+            json={"node": "generate_image_v2", "inputs": FAST},
+            headers={"Prefer": "wait=60"},
+        ).json()
+        assert c.post(f"/v1/jobs/{done['id']}/cancel").json() == {"cancelled": False}
+        retried = c.post(f"/v1/jobs/{running['id']}/retry")
+        assert retried.status_code == 202
+        assert wait_status(c, running["id"], {"succeeded", "failed"})["status"] == "succeeded"
+        assert c.post(f"/v1/jobs/{done['id']}/retry").status_code == 409
+        assert c.delete(f"/v1/jobs/{done['id']}").status_code == 204
+        assert c.get(f"/v1/jobs/{done['id']}").status_code == 404
+
+
+# -- uploads and files -------------------------------------------------------------------------
+def test_upload_then_image_to_image(serve: Callable[..., Served]) -> None:
+    served = serve()
+    with served.client() as c:
+        files = {"file": ("../../etc/passwd.png", png(), "image/png")}
+        up = c.post("/v1/uploads", files=files)
+        assert up.status_code == 201
+        body = up.json()
+        assert body["path"] == f"uploads/{body['sha256']}.png" and body["width"] == 64
+        assert c.get(body["url"]).content == png()
+        raw = c.post("/v1/uploads", content=png(), headers={"content-type": "image/png"})
+        assert raw.json()["sha256"] == body["sha256"]  # content-addressed
+        job = c.post(
+            "/v1/jobs",
+            json={
+                "node": "image_to_image",
+                "inputs": {**BASE, "source_image": body["ref"], "steps": 3, "seed": 1},
+            },
+            headers={"Prefer": "wait=60"},
+        ).json()
+        assert job["status"] == "succeeded", job
+        bad = c.post("/v1/uploads", content=b"not an image", headers={"content-type": "image/png"})
+        assert bad.status_code == 422 and bad.json()["error"]["code"] == "SOURCE_IMAGE_ERROR"
+        root = Path(served.host.workspace.root)
+        assert sorted(p.name for p in (root / "uploads").iterdir()) == [Path(body["path"]).name]
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "../../etc/passwd",
+        "..%2F..%2Fetc%2Fpasswd",
+        "%2Fetc%2Fpasswd",
+        "runs\\x\\image-0.png",
+        "uploads/" + "0" * 64 + ".png",
+        "runs/" + "0" * 32 + "/image-0.png",
+        ".server/jobs.sqlite3",
+    ],
+)
+def test_files_serves_only_what_the_service_produced(
+    serve: Callable[..., Served], path: str
+) -> None:
+    served = serve()
+    port = int(served.url.rsplit(":", 1)[1])
+    # A raw request: an HTTP client would normalise "../" away before sending it.
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        conn.sendall(
+            f"GET /v1/files/{path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
+        )
+        raw = b""
+        while chunk := conn.recv(65536):
+            raw += chunk
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status = int(head.split()[1])
+    assert status in (400, 404), raw[:200]
+    if status == 404:
+        assert json.loads(body)["error"]["code"] in ("FILE_NOT_FOUND", "NOT_FOUND")
+
+
+def test_a_symlink_out_of_the_workspace_is_not_served(
+    serve: Callable[..., Served], tmp_path: Path
+) -> None:
+    served = serve()
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(png((1, 2, 3)))
+    uploads = Path(served.host.workspace.root) / "uploads"
+    uploads.mkdir(parents=True, exist_ok=True)
+    digest = "a" * 64
+    (uploads / f"{digest}.png").symlink_to(secret)
+    served.host  # noqa: B018
+    app_store = served.server.config.app.state.service.store
+    app_store.record_file(f"uploads/{digest}.png", None)  # even if recorded, never followed out
+    with served.client() as c:
+        r = c.get(f"/v1/files/uploads/{digest}.png")
+        assert r.status_code in (400, 404, 422) and r.content != secret.read_bytes()
+
+
+# -- security defaults -------------------------------------------------------------------------
+def test_binding_beyond_loopback_needs_a_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("IMAGENODES_TOKEN", raising=False)
+    with pytest.raises(ValueError, match="token"):
+        ServerSettings(host="0.0.0.0").check_bind()
+    ServerSettings(host="0.0.0.0", token="t").check_bind()
+    ServerSettings(host="::1").check_bind()
+    out = subprocess.run(
+        [sys.executable, "-m", "imagenodes.cli", "serve", "--host", "0.0.0.0", "--port", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "IMAGENODES_TOKEN": ""},
+    )
+    assert (
+        out.returncode == 2
+        and "token" in json.loads(out.stderr.splitlines()[-1])["error"]["message"]
+    )
+
+
+def test_token_guards_everything_but_healthz(serve: Callable[..., Served]) -> None:
+    served = serve(token="s3cret-token")
+    with served.client() as c:
+        assert c.get("/v1/healthz").status_code == 200
+        for path in ("/v1/nodes", "/v1/jobs", "/v1/queue", "/openapi.json"):
+            r = c.get(path)
+            assert r.status_code == 401 and r.json()["error"]["code"] == "UNAUTHORIZED"
+        assert c.get("/v1/nodes", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        ok = c.get("/v1/nodes", headers={"Authorization": "Bearer s3cret-token"})
+        assert ok.status_code == 200
+        assert "s3cret-token" not in c.get("/v1/jobs", headers={"Authorization": "x"}).text
+
+
+def test_cross_site_writes_are_refused(serve: Callable[..., Served]) -> None:
+    served = serve()
+    body = {"node": "generate_image_v2", "inputs": FAST}
+    with served.client() as c:
+        c.post("/v1/queue/pause")
+        evil = c.post("/v1/jobs", json=body, headers={"Origin": "http://evil.example"})
+        assert evil.status_code == 403 and evil.json()["error"]["code"] == "FORBIDDEN"
+        own = c.post("/v1/jobs", json=body, headers={"Origin": served.url})
+        assert own.status_code == 202
+        form = c.post("/v1/jobs", content=json.dumps(body), headers={"content-type": "text/plain"})
+        assert form.status_code == 415
+        assert len(c.get("/v1/jobs").json()["jobs"]) == 1
+
+
+def test_allowed_origin_and_cors(serve: Callable[..., Served]) -> None:
+    served = serve(cors_origins=("http://builder.example",))
+    with served.client() as c:
+        c.post("/v1/queue/pause")
+        r = c.post(
+            "/v1/jobs",
+            json={"node": "generate_image_v2", "inputs": FAST},
+            headers={"Origin": "http://builder.example"},
+        )
+        assert r.status_code == 202
+        assert r.headers["access-control-allow-origin"] == "http://builder.example"
+
+
+def test_oversized_bodies_are_413_before_reading(serve: Callable[..., Served]) -> None:
+    served = serve(max_body_bytes=2048, max_upload_bytes=4096)
+    with served.client() as c:
+        big = {"node": "generate_image_v2", "inputs": {**FAST, "prompt": "x" * 5000}}
+        r = c.post("/v1/jobs", json=big)
+        assert r.status_code == 413 and r.json()["error"]["code"] == "PAYLOAD_TOO_LARGE"
+        up = c.post(
+            "/v1/uploads",
+            content=png(size=(512, 512)) + b"\0" * 5000,
+            headers={"content-type": "image/png"},
+        )
+        assert up.status_code == 413
+
+
+# -- several jobs over one socket ----------------------------------------------------------------
+def test_websocket_subscribes_to_several_jobs(serve: Callable[..., Served]) -> None:
+    from websockets.sync.client import connect
+
+    served = serve()
+    with served.client() as c:
+        ids = [
+            c.post(
+                "/v1/jobs", json={"node": "generate_image_v2", "inputs": {**FAST, "seed": s}}
+            ).json()["id"]
+            for s in (1, 2)
+        ]
+    ws_url = served.url.replace("http://", "ws://") + "/v1/ws"
+    completed: set[str] = set()
+    with connect(ws_url) as ws:
+        ws.send(json.dumps({"subscribe": ids}))
+        deadline = time.monotonic() + 60
+        while completed != set(ids):
+            assert time.monotonic() < deadline
+            event = json.loads(ws.recv(timeout=30))
+            if event["type"] == "job.completed":
+                completed.add(event["job_id"])
+    assert completed == set(ids)
+
+
+# -- restart: SIGKILL with one job running and others queued -----------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _start_serve(tmp_path: Path, port: int) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "imagenodes.cli",
+            "serve",
+            "--port",
+            str(port),
+            "--workspace",
+            str(tmp_path / "ws"),
+            "--state",
+            str(tmp_path / "state"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 90
+    while True:
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/v1/readyz", timeout=2).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, "serve did not become ready"
+        time.sleep(0.2)
+
+
+def test_sigkill_requeues_the_running_job_and_keeps_the_queue(tmp_path: Path) -> None:
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = _start_serve(tmp_path, port)
+    slow = {
+        "node": "generate_image_v2",
+        "inputs": {**BASE, "aspect_ratio": "1:1", "steps": 50, "batch_size": 8, "seed": 7},
+    }
+    try:
+        with httpx.Client(base_url=url, timeout=30) as c:
+            running = c.post("/v1/jobs", json=slow).json()["id"]
+            queued = [
+                c.post(
+                    "/v1/jobs", json={"node": "generate_image_v2", "inputs": {**FAST, "seed": s}}
+                ).json()["id"]
+                for s in (1, 2)
+            ]
+            with connect_sse(c, "GET", f"/v1/jobs/{running}/events") as source:
+                for sse in source.iter_sse():
+                    if sse.event == "node.progress":
+                        break
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+        runs = tmp_path / "ws" / "runs"
+        assert not runs.exists() or list(runs.iterdir()) == []  # nothing half-written
+        proc = _start_serve(tmp_path, port)
+        with httpx.Client(base_url=url, timeout=30) as c:
+            for job_id in [running, *queued]:
+                job = wait_status(c, job_id, {"succeeded", "failed"}, limit=120)
+                assert job["status"] == "succeeded", job
+            job = c.get(f"/v1/jobs/{running}").json()
+            assert job["attempts"] == 2 and job["seeds"] == list(range(7, 15))
+            reasons = [
+                e["data"].get("reason") for e in events_of(c, running) if e["type"] == "job.queued"
+            ]
+            assert reasons == [None, "restart"]
+            assert [c.get(f"/v1/jobs/{q}").json()["attempts"] for q in queued] == [1, 1]
+        for run in (tmp_path / "ws" / "runs").iterdir():
+            assert (run / "run.json").is_file()  # every visible run is complete
+    finally:
+        proc.kill()
+        proc.wait(30)
