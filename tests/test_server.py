@@ -516,3 +516,42 @@ def test_sigkill_requeues_the_running_job_and_keeps_the_queue(tmp_path: Path) ->
     finally:
         proc.kill()
         proc.wait(30)
+
+
+# -- a third-party client: schemathesis against /openapi.json ---------------------------------
+def test_openapi_has_every_node_and_schemathesis_finds_no_5xx(
+    serve: Callable[..., Served], tmp_path: Path
+) -> None:
+    served = serve()
+    with served.client() as c:
+        c.post("/v1/queue/pause")  # generated jobs queue up; none of them generates
+        doc = c.get("/openapi.json").json()
+        schemas = doc["components"]["schemas"]
+        mapping = schemas["NodeJobRequest"]["discriminator"]["mapping"]
+        assert set(mapping) == set(served.host.nodes)
+        steps = schemas["GenerateImageV2NodeInput"]["properties"]["steps"]
+        assert (steps["exclusiveMinimum"], steps["maximum"]) == (0, 50)
+        assert "Envelope" in schemas
+    binary = Path(sys.executable).parent / "schemathesis"
+    out = subprocess.run(
+        [
+            str(binary),
+            "run",
+            f"{served.url}/openapi.json",
+            "--checks",
+            "not_a_server_error,status_code_conformance,response_schema_conformance",
+            "--max-examples",
+            "8",
+            "--seed",
+            "1",
+            "--exclude-path-regex",
+            "/events$",
+            "--request-timeout",
+            "20",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stdout[-6000:] + out.stderr[-2000:]

@@ -173,6 +173,12 @@ class Envelope(BaseModel):
 ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse} for status in (400, 401, 403, 404, 409, 413, 415, 422, 429)
 }
+#: Submissions: 202 while queued or running, 200 once finished (Prefer: wait, or a PUT
+#: of a job that has finished).
+SUBMITTED: dict[int | str, dict[str, Any]] = {
+    200: {"model": Job, "description": "The job has finished."},
+    **ERRORS,
+}
 
 
 def _job_view(service: JobService, job: JobRecord) -> Job:
@@ -339,7 +345,7 @@ def create_app(
         status_code=202,
         response_model=Job,
         summary="Queue a node run (Prefer: wait=N answers when done)",
-        responses=ERRORS,
+        responses=SUBMITTED,
     )
     async def post_job(
         request_: JobRequest, prefer: str | None = Header(default=None)
@@ -352,7 +358,7 @@ def create_app(
         status_code=202,
         response_model=Job,
         summary="Queue a node run under a client-chosen UUID (idempotent)",
-        responses=ERRORS,
+        responses=SUBMITTED,
     )
     async def put_job(
         job_id: str, request_: JobRequest, prefer: str | None = Header(default=None)
@@ -367,7 +373,7 @@ def create_app(
         status_code=202,
         response_model=Job,
         summary="Run a seed-003 flow as one job (events name the step)",
-        responses=ERRORS,
+        responses=SUBMITTED,
     )
     async def post_flow(
         request_: FlowRequest, prefer: str | None = Header(default=None)
@@ -538,7 +544,74 @@ def create_app(
         service.store.set_flag("paused", False)
         return {"paused": False}
 
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = _openapi(app, host)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented override
     return app
+
+
+def _openapi(app: FastAPI, host: Host) -> dict[str, Any]:
+    """FastAPI's document plus every node's input model, so a generated client is typed.
+
+    ``POST /v1/jobs`` and ``PUT /v1/jobs/{id}`` take a ``NodeJobRequest``: a union of
+    one ``<Node>Job`` schema per node, discriminated by ``node``.  The node schemas come
+    from pydantic (``models_json_schema``, one namespace, no name clashes) with the
+    run-time ``choices`` the catalog adds.
+    """
+    from fastapi.openapi.utils import get_openapi
+    from pydantic.json_schema import models_json_schema
+
+    schema = get_openapi(
+        title=app.title, version=app.version, description=app.description, routes=app.routes
+    )
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    nodes = dict(sorted(host.nodes.items()))
+    keys, defs = models_json_schema(
+        [(cls.Input, "validation") for cls in nodes.values()],
+        ref_template="#/components/schemas/{model}",
+    )
+    components.update(defs.get("$defs", {}))
+    catalog = {entry["id"]: entry for entry in host.catalog()}
+    variants: dict[str, str] = {}
+    for node_id, cls in nodes.items():
+        ref = keys[(cls.Input, "validation")]["$ref"]
+        model_name = ref.rsplit("/", 1)[1]
+        published = catalog[node_id]["input_schema"].get("properties", {})
+        for name in cls.choices:  # the run-time enums of the catalog
+            components[model_name]["properties"][name]["enum"] = published[name]["enum"]
+        job_name = "".join(part.title() for part in node_id.replace("-", "_").split("_")) + "Job"
+        components[job_name] = {
+            "type": "object",
+            "title": f"{node_id} job",
+            "properties": {
+                "node": {"type": "string", "enum": [node_id]},
+                "inputs": {"$ref": ref},
+                "connections": {
+                    "anyOf": [
+                        {"type": "object", "additionalProperties": {"type": "string"}},
+                        {"type": "null"},
+                    ]
+                },
+            },
+            "required": ["node"],
+            "additionalProperties": False,
+        }
+        variants[node_id] = f"#/components/schemas/{job_name}"
+    components["NodeJobRequest"] = {
+        "oneOf": [{"$ref": target} for target in variants.values()],
+        "discriminator": {"propertyName": "node", "mapping": variants},
+    }
+    components["Envelope"] = Envelope.model_json_schema(ref_template="#/components/schemas/{model}")
+    events = schema["paths"]["/v1/jobs/{job_id}/events"]["get"]["responses"]["200"]
+    events["description"] = "The job's events; each SSE data line is one Envelope."
+    events["content"] = {"text/event-stream": {"schema": {"$ref": "#/components/schemas/Envelope"}}}
+    body = {"$ref": "#/components/schemas/NodeJobRequest"}
+    for path, method in (("/v1/jobs", "post"), ("/v1/jobs/{job_id}", "put")):
+        schema["paths"][path][method]["requestBody"]["content"]["application/json"]["schema"] = body
+    return schema
 
 
 # -- helpers ------------------------------------------------------------------------------
