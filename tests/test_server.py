@@ -555,3 +555,86 @@ def test_openapi_has_every_node_and_schemathesis_finds_no_5xx(
         cwd=tmp_path,
     )
     assert out.returncode == 0, out.stdout[-6000:] + out.stderr[-2000:]
+
+
+# -- flows as jobs -----------------------------------------------------------------------------
+def test_a_flow_runs_as_one_job_whose_events_name_the_step(serve: Callable[..., Served]) -> None:
+    served = serve()
+    flow = {
+        "title": "two pictures",
+        "input": {"type": "object", "properties": {"prompt": {"type": "string"}}},
+        "steps": [
+            {
+                "id": "first",
+                "type": "GenerateImageV2",
+                "parameters": {
+                    "prompt": "$.input.prompt",
+                    "negative_prompt": "",
+                    "aspect_ratio": "1:1",
+                    "steps": 2,
+                    "seed": 1,
+                },
+            },
+            {
+                "id": "second",
+                "type": "ImageToImage",
+                "parameters": {
+                    "source_image": "$.results.first.images[0]",
+                    "prompt": "$.input.prompt",
+                    "negative_prompt": "",
+                    "steps": 2,
+                    "seed": 2,
+                },
+            },
+        ],
+    }
+    with served.client() as c:
+        r = c.post(
+            "/v1/flows/run",
+            json={"flow": flow, "inputs": {"prompt": "a red circle on a blue background"}},
+            headers={"Prefer": "wait=90"},
+        )
+        job = r.json()
+        assert r.status_code == 200 and job["status"] == "succeeded", job
+        events = events_of(c, job["id"])
+        steps = [e["step_id"] for e in events if e["type"] == "image.stored"]
+        assert steps == ["first", "second"]
+        progress = {e["step_id"] for e in events if e["type"] == "node.progress"}
+        assert progress == {"first", "second"}
+        for url in (e["data"]["url"] for e in events if e["type"] == "image.stored"):
+            assert c.get(url).status_code == 200
+        bad = c.post("/v1/flows/run", json={"flow": {"steps": [{"id": "x", "type": "Nope"}]}})
+        assert bad.status_code in (404, 422) and "error" in bad.json()
+
+
+# -- graceful shutdown -------------------------------------------------------------------------
+def test_sigterm_requeues_the_running_job_and_exits(tmp_path: Path) -> None:
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = _start_serve(tmp_path, port)
+    slow = {
+        "node": "generate_image_v2",
+        "inputs": {**BASE, "aspect_ratio": "1:1", "steps": 50, "batch_size": 8, "seed": 3},
+    }
+    try:
+        with httpx.Client(base_url=url, timeout=30) as c:
+            job_id = c.post("/v1/jobs", json=slow).json()["id"]
+            with connect_sse(c, "GET", f"/v1/jobs/{job_id}/events") as source:
+                for sse in source.iter_sse():
+                    if sse.event == "node.progress":
+                        break
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        # uvicorn shuts down gracefully, then re-raises the signal: exit status -SIGTERM.
+        assert proc.wait(60) in (0, -signal.SIGTERM) and time.monotonic() - started < 30
+        proc = _start_serve(tmp_path, port)
+        with httpx.Client(base_url=url, timeout=30) as c:
+            job = wait_status(c, job_id, {"succeeded", "failed"}, limit=120)
+            assert job["status"] == "succeeded" and job["attempts"] == 1
+            reasons = [
+                e["data"].get("reason") for e in events_of(c, job_id) if e["type"] == "job.queued"
+            ]
+            assert reasons == [None, "shutdown"]
+    finally:
+        proc.kill()
+        proc.wait(30)
