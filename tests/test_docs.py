@@ -288,6 +288,7 @@ def test_performance_md_reports_every_benchmark_with_its_command_and_output() ->
         "cold_start",
         "memory",
         "scale",
+        "service_batching",
         "task_switch",
         "threads",
         "warm_overhead",

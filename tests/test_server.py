@@ -638,3 +638,51 @@ def test_sigterm_requeues_the_running_job_and_exits(tmp_path: Path) -> None:
     finally:
         proc.kill()
         proc.wait(30)
+
+
+# -- cross-request batching -----------------------------------------------------------------------
+def test_concurrent_compatible_jobs_share_pipeline_calls(serve: Callable[..., Served]) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+
+    served = serve(workers=8, batch_window_ms=50)
+    inputs = {**BASE, "aspect_ratio": "1:1", "steps": 6}
+    alone = {}
+    with served.client() as c:
+        for seed in (11, 12, 13):  # one at a time: a call each
+            job = c.post(
+                "/v1/jobs",
+                json={"node": "generate_image_v2", "inputs": {**inputs, "seed": seed}},
+                headers={"Prefer": "wait=60"},
+            ).json()
+            alone[seed] = c.get(job["urls"][0]).content
+    engine = served.host.engine
+    before = engine.calls_made
+
+    def submit(seed: int) -> dict:
+        prompt = BASE["prompt"] if seed < 14 else "a yellow triangle on a black background"
+        with served.client() as c:
+            return c.post(
+                "/v1/jobs",
+                json={
+                    "node": "generate_image_v2",
+                    "inputs": {**inputs, "prompt": prompt, "seed": seed},
+                },
+                headers={"Prefer": "wait=120"},
+            ).json()
+
+    with ThreadPoolExecutor(8) as pool:
+        jobs = list(pool.map(submit, range(11, 19)))
+    assert all(j["status"] == "succeeded" for j in jobs), jobs
+    calls = engine.calls_made - before
+    assert 1 <= calls < 8, calls
+    with served.client() as c:
+        for job in jobs[:3]:  # each job's image is the one it gets alone (±2 levels)
+            seed = job["inputs"]["seed"]
+            batched = np.asarray(Image.open(io.BytesIO(c.get(job["urls"][0]).content)), np.int16)
+            single = np.asarray(Image.open(io.BytesIO(alone[seed])), np.int16)
+            assert np.abs(batched - single).max() <= 2
+            assert [
+                e["data"]["step"] for e in events_of(c, job["id"]) if e["type"] == "node.progress"
+            ] == list(range(1, 7))

@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 from imagenodes.engine import notices as nc
+from imagenodes.engine.batching import Batcher, batch_key
 from imagenodes.engine.cache import LOAD_LOCK, CacheEntry, PipelineCache
 from imagenodes.engine.config import RuntimeConfig
 from imagenodes.engine.device import PRECISION_ALIASES, cpu_threads, pick_device, pick_dtype
@@ -64,6 +65,19 @@ class Engine:
         self.cache = PipelineCache(cache_bytes)
         self._routes: dict[tuple[Any, ...], ResolvedModel] = {}
         self._routes_lock = threading.Lock()
+        #: Cross-request batching of concurrent compatible requests (off until enabled).
+        self.batcher: Batcher | None = None
+        #: Pipeline calls made, all requests together (benchmarks and tests).
+        self.calls_made = 0
+        self._calls_lock = threading.Lock()
+
+    def enable_batching(self, window_ms: float) -> None:
+        """Let concurrent compatible requests share calls (``window_ms`` ≤ 0 turns it off).
+
+        See :mod:`imagenodes.engine.batching`; the service enables it with
+        ``--batch-window-ms``.
+        """
+        self.batcher = Batcher(window_ms / 1000) if window_ms > 0 else None
 
     # -- routing --------------------------------------------------------------------
     def route(self, config: RuntimeConfig, model: str | None = None) -> ResolvedModel:
@@ -205,10 +219,24 @@ class Engine:
             t1 = time.perf_counter()
             wanted = self.threads_for(config, resolved.profile, device)
             threads_used = cpu_threads(wanted) if device == "cpu" else nullcontext(None)
+            limit = max(1, resolved.profile.max_images_per_call)
+            key = batch_key(effective, entry.key) if self.batcher is not None else None
             with threads_used as threads:
-                images, calls, split_notices = self._run_batches(
-                    entry, effective, control, job.count_field
-                )
+                if self.batcher is not None and key is not None and effective.num_images < limit:
+                    images = self.batcher.run(
+                        key,
+                        limit,
+                        effective,
+                        control,
+                        lambda merged, shared: self._call(
+                            entry, merged, 0, merged.num_images, shared
+                        ),
+                    )
+                    calls, split_notices = 1, list[Notice]()
+                else:
+                    images, calls, split_notices = self._run_batches(
+                        entry, effective, control, job.count_field
+                    )
             if adapted.deliver is not None:
                 images = [im.resize(adapted.deliver, Image.Resampling.LANCZOS) for im in images]
             timings["generate_ms"] = (time.perf_counter() - t1) * 1000
@@ -345,6 +373,8 @@ class Engine:
             kwargs["width"], kwargs["height"] = req.width, req.height
         with entry.lock:
             control.check()
+            with self._calls_lock:
+                self.calls_made += 1
             lora = self._apply_lora(pipe, req)
             try:
                 result = pipe(**kwargs)

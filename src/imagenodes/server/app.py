@@ -650,7 +650,7 @@ def _require(service: JobService, job_id: str) -> JobRecord:
 
 async def _wait_for(service: JobService, job_id: str, seconds: float) -> JobRecord:
     """The job once it is finished, or as it is after ``seconds``."""
-    wake = service.listeners.add(job_id)
+    wake = service.listeners.add(job_id, final_only=True)
     deadline = time.monotonic() + seconds
     try:
         while True:

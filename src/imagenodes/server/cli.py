@@ -33,6 +33,7 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
         state_dir=Path(args.state) if args.state else None,
         token=args.token,
         workers=args.workers,
+        batch_window_ms=args.batch_window_ms,
         max_queue=args.max_queue,
         on_restart=args.on_restart,
         max_attempts=args.max_attempts,
@@ -74,6 +75,12 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--state", default=None, help="state dir (queue database)")
     p.add_argument("--token", default=None, help="bearer token (or IMAGENODES_TOKEN)")
     p.add_argument("--workers", type=int, default=1, help="jobs run at once")
+    p.add_argument(
+        "--batch-window-ms",
+        type=float,
+        default=20.0,
+        help="with several workers: compatible jobs within this window share one call",
+    )
     p.add_argument("--max-queue", type=int, default=100, help="queued jobs before 429")
     p.add_argument("--on-restart", choices=("requeue", "fail"), default="requeue")
     p.add_argument("--max-attempts", type=int, default=3, help="attempts across restarts")

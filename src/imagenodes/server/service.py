@@ -66,12 +66,16 @@ class _Listeners:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._by_job: dict[str, set[tuple[asyncio.AbstractEventLoop, asyncio.Event]]] = {}
+        self._by_job: dict[str, set[tuple[asyncio.AbstractEventLoop, asyncio.Event, bool]]] = {}
 
-    def add(self, job_id: str) -> asyncio.Event:
+    def add(self, job_id: str, *, final_only: bool = False) -> asyncio.Event:
+        """An event set on the job's next event (``final_only``: on job.completed only,
+        for waiters that need just the outcome and should not wake on every step)."""
         event = asyncio.Event()
         with self._lock:
-            self._by_job.setdefault(job_id, set()).add((asyncio.get_running_loop(), event))
+            self._by_job.setdefault(job_id, set()).add(
+                (asyncio.get_running_loop(), event, final_only)
+            )
         return event
 
     def remove(self, job_id: str, event: asyncio.Event) -> None:
@@ -82,10 +86,11 @@ class _Listeners:
             if not waiters:
                 self._by_job.pop(job_id, None)
 
-    def wake(self, job_id: str) -> None:
+    def wake(self, job_id: str, type: str) -> None:
+        final = type == "job.completed"
         with self._lock:
-            waiters = list(self._by_job.get(job_id, ()))
-        for loop, event in waiters:
+            waiters = [w for w in self._by_job.get(job_id, ()) if final or not w[2]]
+        for loop, event, _ in waiters:
             try:
                 loop.call_soon_threadsafe(event.set)
             except RuntimeError:  # the listener's loop has closed
@@ -109,6 +114,9 @@ class JobService:
 
     # -- lifecycle ------------------------------------------------------------------
     def start(self) -> None:
+        if self.settings.workers > 1:
+            # Concurrent workers are what batching coalesces (engine/batching.py).
+            self.host.engine.enable_batching(self.settings.batch_window_ms)
         self.recover()
         for index in range(max(1, self.settings.workers)):
             thread = threading.Thread(
@@ -243,7 +251,7 @@ class JobService:
 
     def published(self, event: JobEvent) -> None:
         """The store's ``on_event``: wake the job's listeners (SSE, WebSocket, waits)."""
-        self.listeners.wake(event.job_id)
+        self.listeners.wake(event.job_id, event.type)
 
     def _relay(self, job: JobRecord) -> Any:
         def on_event(event: Event) -> None:

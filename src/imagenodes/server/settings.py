@@ -23,6 +23,9 @@ class ServerSettings:
     #: Bearer token every endpoint but /healthz requires (default ``IMAGENODES_TOKEN``).
     token: str | None = None
     workers: int = 1
+    #: With several workers, compatible jobs arriving within this window share one
+    #: pipeline call (cross-request batching); 0 turns it off.
+    batch_window_ms: float = 20.0
     #: Queued jobs beyond which ``POST /jobs`` answers 429.
     max_queue: int = 100
     on_restart: Literal["requeue", "fail"] = "requeue"

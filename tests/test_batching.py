@@ -1,0 +1,77 @@
+"""Cross-request batching in the engine: shared calls, per-member seeds and cancellation."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from imagenodes import Cancelled, Host, ImageNodesError
+from imagenodes.registry.context import CancelToken
+from tests.helpers import pixels
+
+pytestmark = pytest.mark.slow
+
+BASE = {"prompt": "a red circle on a blue background", "negative_prompt": "", "aspect_ratio": "1:1"}
+
+
+def run_together(host: Host, seeds: list[int], steps: int, tokens: dict[int, CancelToken]) -> dict:
+    """Runs from one thread each; a seed with a token cancels itself at its third step."""
+    results: dict[int, object] = {}
+
+    def go(seed: int) -> None:
+        token = tokens.get(seed)
+
+        def on_event(event: object) -> None:
+            if token is not None and getattr(event, "type", "") == "step":
+                if event.data["step"] == 3:  # type: ignore[attr-defined]
+                    token.cancel()
+
+        try:
+            results[seed] = host.run(
+                "generate_image_v2",
+                {**BASE, "steps": steps, "seed": seed},
+                token=token,
+                on_event=on_event,
+            )
+        except ImageNodesError as exc:
+            results[seed] = exc
+
+    threads = [threading.Thread(target=go, args=(s,)) for s in seeds]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    return results
+
+
+def test_concurrent_runs_share_one_call_and_keep_their_images(tmp_path: Path) -> None:
+    host = Host(tmp_path / "ws")
+    alone = {s: host.run("generate_image_v2", {**BASE, "steps": 8, "seed": s}) for s in (1, 2)}
+    host.engine.enable_batching(200)
+    before = host.engine.calls_made
+    together = run_together(host, [1, 2, 3, 4], 8, {})
+    assert host.engine.calls_made - before == 1
+    assert host.engine.batcher is not None and host.engine.batcher.members_served == 4
+    for seed in (1, 2):
+        a = pixels(host, alone[seed].outputs["images"][0])
+        b = pixels(host, together[seed].outputs["images"][0])
+        assert np.abs(a - b).max() <= 2
+        assert together[seed].seeds == [seed]
+
+
+def test_cancelling_one_member_leaves_the_others(tmp_path: Path) -> None:
+    host = Host(tmp_path / "ws")
+    host.run("generate_image_v2", {**BASE, "steps": 2, "seed": 9})  # loaded
+    host.engine.enable_batching(300)
+    before = host.engine.calls_made
+    results = run_together(host, [1, 2, 3], 30, {2: CancelToken()})
+    assert host.engine.calls_made - before == 1  # one shared call, not stopped by the cancel
+    assert isinstance(results[2], Cancelled)
+    for seed in (1, 3):
+        assert len(results[seed].outputs["images"]) == 1  # type: ignore[union-attr]
+    assert not (Path(host.workspace.root) / "runs").exists() or all(
+        (run / "run.json").exists() for run in (Path(host.workspace.root) / "runs").iterdir()
+    )
