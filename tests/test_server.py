@@ -686,3 +686,108 @@ def test_concurrent_compatible_jobs_share_pipeline_calls(serve: Callable[..., Se
             assert [
                 e["data"]["step"] for e in events_of(c, job["id"]) if e["type"] == "node.progress"
             ] == list(range(1, 7))
+
+
+# -- webhooks -------------------------------------------------------------------------------------
+class _Receiver:
+    """A real HTTP receiver on 127.0.0.1 recording every request (status chosen per type)."""
+
+    def __init__(self, fail_completed: int = 0) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.requests: list[tuple[dict[str, str], bytes]] = []
+        self.fail_completed = fail_completed
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                receiver.requests.append((dict(self.headers), body))
+                status = 200
+                if self.headers.get("X-Imagenodes-Event") == "job.completed" and (
+                    receiver.fail_completed > 0
+                ):
+                    receiver.fail_completed -= 1
+                    status = 503
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def events(self) -> list[str]:
+        return [h.get("X-Imagenodes-Event", "") for h, _ in self.requests]
+
+
+@pytest.fixture
+def receiver() -> Iterator[_Receiver]:
+    r = _Receiver(fail_completed=2)
+    yield r
+    r.close()
+
+
+def test_webhook_events_are_signed_throttled_and_the_final_one_retried(
+    serve: Callable[..., Served], receiver: _Receiver
+) -> None:
+    import hashlib
+    import hmac
+
+    served = serve(
+        webhook_allow=("127.0.0.1",), webhook_allow_private=True, webhook_secret="hook-secret"
+    )
+    body = {
+        "node": "generate_image_v2",
+        "inputs": {**BASE, "aspect_ratio": "1:1", "steps": 20, "seed": 4},
+        "webhook": receiver.url,
+    }
+    with served.client() as c:
+        job = c.post("/v1/jobs", json=body, headers={"Prefer": "wait=60"}).json()
+        assert job["status"] == "succeeded"
+    deadline = time.monotonic() + 30
+    while receiver.events().count("job.completed") < 3:  # 2 x 503, then delivered
+        assert time.monotonic() < deadline, receiver.events()
+        time.sleep(0.05)
+    kinds = receiver.events()
+    assert kinds[0] == "job.queued" and "job.started" in kinds and "image.stored" in kinds
+    assert 1 <= kinds.count("node.progress") < 20  # throttled, not one per step
+    for headers, raw in receiver.requests:
+        expected = "sha256=" + hmac.new(b"hook-secret", raw, hashlib.sha256).hexdigest()
+        assert hmac.compare_digest(headers["X-Imagenodes-Signature"], expected)
+        envelope = json.loads(raw)
+        assert envelope["job_id"] == job["id"] and envelope["type"] == headers["X-Imagenodes-Event"]
+
+
+@pytest.mark.parametrize(
+    ("options", "url"),
+    [
+        ({}, None),  # no allow-list at all
+        ({"webhook_allow": ("127.0.0.1",)}, None),  # allowed host, but a private address
+        (
+            {"webhook_allow": ("127.0.0.1",), "webhook_allow_private": True},
+            "http://u:p@127.0.0.1/x",
+        ),
+        ({"webhook_allow": ("example.invalid",), "webhook_allow_private": True}, None),
+    ],
+)
+def test_webhooks_outside_the_policy_are_refused_and_never_called(
+    serve: Callable[..., Served], receiver: _Receiver, options: dict, url: str | None
+) -> None:
+    served = serve(**options)
+    body = {"node": "generate_image_v2", "inputs": FAST, "webhook": url or receiver.url}
+    with served.client() as c:
+        r = c.post("/v1/jobs", json=body)
+        assert r.status_code == 422 and r.json()["error"]["field"] == "webhook"
+        assert "allow-list" in r.json()["error"]["message"]
+        assert c.get("/v1/jobs").json()["jobs"] == []
+    time.sleep(0.2)
+    assert receiver.requests == []  # nothing reached the receiver

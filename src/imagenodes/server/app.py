@@ -12,12 +12,13 @@ import asyncio
 import hashlib
 import io
 import json
+import os
 import re
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI, Header, Query, Request, WebSocket, WebSocketDisconnect
 from fastapi.exceptions import RequestValidationError
@@ -40,8 +41,10 @@ from imagenodes.errors import (
 from imagenodes.registry.host import Host
 from imagenodes.server.security import SecurityMiddleware
 from imagenodes.server.service import JobService
-from imagenodes.server.settings import ServerSettings
+from imagenodes.server.settings import WEBHOOK_SECRET_ENV, ServerSettings
 from imagenodes.server.store import TERMINAL, JobRecord, JobStore, SQLiteJobStore
+from imagenodes.server.webhooks import EVENT_TYPES as WEBHOOK_EVENT_TYPES
+from imagenodes.server.webhooks import WebhookPolicy, WebhookSender, load_secret
 
 API_VERSION = "1"
 
@@ -81,6 +84,17 @@ _FORMAT_EXT["TIFF"] = "tiff"
 
 
 # -- request and response models (they are the OpenAPI document) ----------------------
+WebhookEvent = Literal[
+    "job.queued",
+    "job.started",
+    "model.loading",
+    "model.loaded",
+    "node.progress",
+    "image.stored",
+    "job.completed",
+]
+
+
 class ErrorBody(BaseModel):
     code: str
     field: str | None = None
@@ -103,6 +117,14 @@ class JobRequest(BaseModel):
     connections: dict[str, str] | None = Field(
         default=None, description="Category → connection name (default: the server's)."
     )
+    webhook: str | None = Field(
+        default=None,
+        max_length=2048,
+        description="URL that receives the job's events (must be on the server's allow-list).",
+    )
+    webhook_events: list[WebhookEvent] | None = Field(
+        default=None, description="Event types sent to the webhook (default: all)."
+    )
 
 
 class FlowRequest(BaseModel):
@@ -113,6 +135,8 @@ class FlowRequest(BaseModel):
     flow: dict[str, Any] = Field(description="The flow document (title, input, steps).")
     inputs: dict[str, Any] = Field(default_factory=dict, description="The flow's input.")
     connections: dict[str, str] | None = None
+    webhook: str | None = Field(default=None, max_length=2048)
+    webhook_events: list[WebhookEvent] | None = None
 
 
 class Job(BaseModel):
@@ -225,7 +249,12 @@ def create_app(
     if store is None:
         state = settings.state_dir or _default_state_dir(host)
         store = SQLiteJobStore(Path(state) / "jobs.sqlite3")
-    service = JobService(host, settings, store)
+    state_dir = Path(settings.state_dir or _default_state_dir(host))
+    webhooks = WebhookSender(
+        load_secret(state_dir, settings.webhook_secret or os.environ.get(WEBHOOK_SECRET_ENV)),
+        WebhookPolicy(settings.webhook_allow, settings.webhook_allow_private),
+    )
+    service = JobService(host, settings, store, webhooks)
     store.on_event = service.published
 
     @asynccontextmanager
@@ -592,6 +621,13 @@ def _openapi(app: FastAPI, host: Host) -> dict[str, Any]:
                 "connections": {
                     "anyOf": [
                         {"type": "object", "additionalProperties": {"type": "string"}},
+                        {"type": "null"},
+                    ]
+                },
+                "webhook": {"anyOf": [{"type": "string", "maxLength": 2048}, {"type": "null"}]},
+                "webhook_events": {
+                    "anyOf": [
+                        {"type": "array", "items": {"enum": list(WEBHOOK_EVENT_TYPES)}},
                         {"type": "null"},
                     ]
                 },

@@ -39,6 +39,9 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
         max_attempts=args.max_attempts,
         job_timeout=args.job_timeout,
         cors_origins=tuple(args.cors_origin or ()),
+        webhook_allow=tuple(args.webhook_allow or ()),
+        webhook_allow_private=args.webhook_allow_private,
+        webhook_secret=args.webhook_secret,
     )
     try:
         settings.check_bind()
@@ -88,4 +91,13 @@ def add_commands(sub: Any) -> None:
     p.add_argument(
         "--cors-origin", action="append", default=None, help="allowed browser origin (repeat)"
     )
+    p.add_argument(
+        "--webhook-allow", action="append", default=None, help="webhook host[:port] (repeat)"
+    )
+    p.add_argument(
+        "--webhook-allow-private",
+        action="store_true",
+        help="let webhooks reach private/loopback addresses",
+    )
+    p.add_argument("--webhook-secret", default=None, help="HMAC secret for webhook signatures")
     p.set_defaults(func=cmd_serve)

@@ -25,6 +25,7 @@ from imagenodes.errors import (
     Cancelled,
     GenerationFailed,
     ImageNodesError,
+    InputError,
     JobConflict,
     ServiceUnavailable,
     UnknownJob,
@@ -34,6 +35,7 @@ from imagenodes.registry.events import Event
 from imagenodes.sdk import draw_seed
 from imagenodes.server.settings import ServerSettings
 from imagenodes.server.store import TERMINAL, JobEvent, JobRecord, JobStore
+from imagenodes.server.webhooks import EVENT_TYPES, WebhookSender
 
 if TYPE_CHECKING:
     from imagenodes.registry.host import Host
@@ -100,8 +102,17 @@ class _Listeners:
 class JobService:
     """Owns the workers; the HTTP layer calls only these methods."""
 
-    def __init__(self, host: Host, settings: ServerSettings, store: JobStore) -> None:
+    def __init__(
+        self,
+        host: Host,
+        settings: ServerSettings,
+        store: JobStore,
+        webhooks: WebhookSender | None = None,
+    ) -> None:
         self.host = host
+        self.webhooks = webhooks
+        #: job id → (webhook URL, wanted event types), or None: looked up once per job.
+        self._hooks: dict[str, tuple[str, tuple[str, ...]] | None] = {}
         self.settings = settings
         self.store = store
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -117,6 +128,8 @@ class JobService:
         if self.settings.workers > 1:
             # Concurrent workers are what batching coalesces (engine/batching.py).
             self.host.engine.enable_batching(self.settings.batch_window_ms)
+        if self.webhooks is not None:
+            self.webhooks.start()
         self.recover()
         for index in range(max(1, self.settings.workers)):
             thread = threading.Thread(
@@ -144,6 +157,8 @@ class JobService:
         deadline = time.monotonic() + timeout
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
+        if self.webhooks is not None:
+            self.webhooks.stop()
 
     def recover(self) -> None:
         """Jobs left running by a process that died: re-queue them (bounded) or fail.
@@ -182,6 +197,17 @@ class JobService:
                 return existing, False
         stored = dict(body)
         node = "flow" if kind == "flow" else str(body["node"])
+        if body.get("webhook"):
+            if self.webhooks is None:
+                raise ServiceUnavailable("webhooks are not configured on this server")
+            self.webhooks.policy.check(str(body["webhook"]))
+            unknown = set(body.get("webhook_events") or ()) - set(EVENT_TYPES)
+            if unknown:
+                raise InputError(
+                    f"webhook_events must be among: {', '.join(EVENT_TYPES)} "
+                    f"(got {', '.join(sorted(unknown))})",
+                    field="webhook_events",
+                )
         if kind == "node":
             validated = self.host.validate(node, body.get("inputs") or {})
             inputs = dict(body.get("inputs") or {})
@@ -250,8 +276,21 @@ class JobService:
         return self.store.append_event(job.id, type, data, node=job.node, step_id=step_id)
 
     def published(self, event: JobEvent) -> None:
-        """The store's ``on_event``: wake the job's listeners (SSE, WebSocket, waits)."""
+        """The store's ``on_event``: wake the job's listeners (SSE, WebSocket, waits)
+        and hand the event to the job's webhook, if it has one."""
         self.listeners.wake(event.job_id, event.type)
+        if self.webhooks is None:
+            return
+        if event.job_id not in self._hooks:
+            job = self.store.get(event.job_id)
+            url = job.body.get("webhook") if job else None
+            wanted = tuple((job.body.get("webhook_events") if job else None) or EVENT_TYPES)
+            self._hooks[event.job_id] = (str(url), wanted) if url else None
+        hook = self._hooks[event.job_id]
+        if hook is not None:
+            self.webhooks.submit(hook[0], hook[1], event.to_dict())
+        if event.type == "job.completed":
+            self._hooks.pop(event.job_id, None)
 
     def _relay(self, job: JobRecord) -> Any:
         def on_event(event: Event) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Literal
 
 TOKEN_ENV = "IMAGENODES_TOKEN"
+WEBHOOK_SECRET_ENV = "IMAGENODES_WEBHOOK_SECRET"
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,13 @@ class ServerSettings:
     max_upload_bytes: int = 20 * 1024 * 1024
     #: Longest ``Prefer: wait=N`` honoured.
     max_wait_s: float = 60.0
+    #: Hosts (``host`` or ``host:port``) webhooks may be sent to; none by default.
+    webhook_allow: tuple[str, ...] = ()
+    #: Allow webhook destinations that resolve to private/loopback addresses.
+    webhook_allow_private: bool = False
+    #: HMAC secret for webhook signatures (default IMAGENODES_WEBHOOK_SECRET, else one
+    #: generated once and kept in the state dir).
+    webhook_secret: str | None = None
     extra: dict[str, str] = field(default_factory=dict)
 
     def resolved_token(self) -> str | None:
