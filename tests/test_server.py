@@ -474,14 +474,19 @@ def _start_serve(tmp_path: Path, port: int) -> subprocess.Popen[str]:
         time.sleep(0.2)
 
 
+def _slow_job(seed: int) -> dict[str, Any]:
+    """A job long enough (8 images x 50 steps) to be killed while it generates."""
+    return {
+        "node": "generate_image_v2",
+        "inputs": {**BASE, "aspect_ratio": "1:1", "steps": 50, "batch_size": 8, "seed": seed},
+    }
+
+
 def test_sigkill_requeues_the_running_job_and_keeps_the_queue(tmp_path: Path) -> None:
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     proc = _start_serve(tmp_path, port)
-    slow = {
-        "node": "generate_image_v2",
-        "inputs": {**BASE, "aspect_ratio": "1:1", "steps": 50, "batch_size": 8, "seed": 7},
-    }
+    slow = _slow_job(7)
     try:
         with httpx.Client(base_url=url, timeout=30) as c:
             running = c.post("/v1/jobs", json=slow).json()["id"]
@@ -612,10 +617,7 @@ def test_sigterm_requeues_the_running_job_and_exits(tmp_path: Path) -> None:
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     proc = _start_serve(tmp_path, port)
-    slow = {
-        "node": "generate_image_v2",
-        "inputs": {**BASE, "aspect_ratio": "1:1", "steps": 50, "batch_size": 8, "seed": 3},
-    }
+    slow = _slow_job(3)
     try:
         with httpx.Client(base_url=url, timeout=30) as c:
             job_id = c.post("/v1/jobs", json=slow).json()["id"]

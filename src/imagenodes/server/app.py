@@ -18,7 +18,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from fastapi import FastAPI, Header, Query, Request, WebSocket, WebSocketDisconnect
 from fastapi.exceptions import RequestValidationError
@@ -44,7 +44,7 @@ from imagenodes.server.service import JobService
 from imagenodes.server.settings import WEBHOOK_SECRET_ENV, ServerSettings
 from imagenodes.server.store import TERMINAL, JobRecord, JobStore, SQLiteJobStore
 from imagenodes.server.webhooks import EVENT_TYPES as WEBHOOK_EVENT_TYPES
-from imagenodes.server.webhooks import WebhookPolicy, WebhookSender, load_secret
+from imagenodes.server.webhooks import EventType, WebhookPolicy, WebhookSender, load_secret
 
 API_VERSION = "1"
 
@@ -84,17 +84,6 @@ _FORMAT_EXT["TIFF"] = "tiff"
 
 
 # -- request and response models (they are the OpenAPI document) ----------------------
-WebhookEvent = Literal[
-    "job.queued",
-    "job.started",
-    "model.loading",
-    "model.loaded",
-    "node.progress",
-    "image.stored",
-    "job.completed",
-]
-
-
 class ErrorBody(BaseModel):
     code: str
     field: str | None = None
@@ -122,7 +111,7 @@ class JobRequest(BaseModel):
         max_length=2048,
         description="URL that receives the job's events (must be on the server's allow-list).",
     )
-    webhook_events: list[WebhookEvent] | None = Field(
+    webhook_events: list[EventType] | None = Field(
         default=None, description="Event types sent to the webhook (default: all)."
     )
 
@@ -136,7 +125,7 @@ class FlowRequest(BaseModel):
     inputs: dict[str, Any] = Field(default_factory=dict, description="The flow's input.")
     connections: dict[str, str] | None = None
     webhook: str | None = Field(default=None, max_length=2048)
-    webhook_events: list[WebhookEvent] | None = None
+    webhook_events: list[EventType] | None = None
 
 
 class Job(BaseModel):

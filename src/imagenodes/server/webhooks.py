@@ -29,14 +29,15 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 from urllib.parse import urlsplit
 
 from imagenodes.errors import InputError
 
 log = logging.getLogger(__name__)
 
-EVENT_TYPES = (
+#: The service's event types (the envelope's ``type``), as a type for request models.
+EventType = Literal[
     "job.queued",
     "job.started",
     "model.loading",
@@ -44,7 +45,8 @@ EVENT_TYPES = (
     "node.progress",
     "image.stored",
     "job.completed",
-)
+]
+EVENT_TYPES: tuple[str, ...] = get_args(EventType)
 SIGNATURE_HEADER = "X-Imagenodes-Signature"
 
 
