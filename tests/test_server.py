@@ -793,3 +793,24 @@ def test_webhooks_outside_the_policy_are_refused_and_never_called(
         assert c.get("/v1/jobs").json()["jobs"] == []
     time.sleep(0.2)
     assert receiver.requests == []  # nothing reached the receiver
+
+
+def test_job_list_filters_by_status_and_pages_with_a_cursor(serve: Callable[..., Served]) -> None:
+    served = serve()
+    with served.client() as c:
+        c.post("/v1/queue/pause")
+        ids = [
+            c.post(
+                "/v1/jobs", json={"node": "generate_image_v2", "inputs": {**FAST, "seed": s}}
+            ).json()["id"]
+            for s in range(3)
+        ]
+        c.post(f"/v1/jobs/{ids[0]}/cancel")
+        first = c.get("/v1/jobs", params={"limit": 2}).json()
+        assert [j["id"] for j in first["jobs"]] == [ids[2], ids[1]] and first["next"] == ids[1]
+        rest = c.get("/v1/jobs", params={"limit": 2, "after": first["next"]}).json()
+        assert [j["id"] for j in rest["jobs"]] == [ids[0]] and rest["next"] is None
+        queued = c.get("/v1/jobs", params={"status": "queued"}).json()["jobs"]
+        assert [j["id"] for j in queued] == [ids[2], ids[1]]
+        assert [j["position"] for j in queued] == [1, 0]
+        assert c.get("/v1/jobs", params={"status": "bogus"}).status_code == 422
