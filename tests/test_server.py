@@ -159,7 +159,7 @@ def test_healthz_answers_while_a_generation_runs(serve: Callable[..., Served]) -
         wait_status(c, job_id, {"running"})
         start = time.monotonic()
         assert c.get("/v1/healthz").json() == {"status": "ok"}
-        assert time.monotonic() - start < 1.0
+        assert time.monotonic() - start < 2.0  # generous for a loaded 2-core CI machine
         assert c.get("/v1/readyz").json()["status"] == "BUSY"
         c.post(f"/v1/jobs/{job_id}/cancel")
 
