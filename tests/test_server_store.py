@@ -89,3 +89,17 @@ def test_restart_policy(tmp_path: Path, policy: str, attempts: int, status: str)
         assert store.events("a")[-1].type == "job.completed"
     else:
         assert store.events("a")[-1].data == {"position": 0, "reason": "restart"}
+
+
+def test_nodes_say_where_their_seeds_are(tmp_path: Path) -> None:
+    host = Host(tmp_path / "ws")
+    v2 = host.node("generate_image_v2").with_seeds({"prompt": "x"})
+    assert isinstance(v2["seed"], int) and v2["prompt"] == "x"
+    assert host.node("generate_image_v2").with_seeds({"prompt": "x", "seed": 5})["seed"] == 5
+    generator = host.node("image_generator").with_seeds(
+        {"images": [{"prompt": "a"}, {"prompt": "b", "seed": 3}], "baseModel": None}
+    )
+    first, second = generator["images"]
+    assert isinstance(first["seed"], int) and second["seed"] == 3
+    assert "seed" not in generator  # image_generator has no top-level seed
+    assert host.node("checkerboard").with_seeds({"size": 16}) == {"size": 16}

@@ -343,6 +343,19 @@ class Node(Generic[InT, OutT]):
         return self.cacheable
 
     @classmethod
+    def with_seeds(cls, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        """``inputs`` with every seed the caller left empty drawn now.
+
+        Queues call this at submission, so a retry or a re-run after a crash makes the
+        same images.  The default fills a top-level ``seed`` field; a node with seeds
+        elsewhere (per request, per image) overrides it.
+        """
+        out = dict(inputs)
+        if "seed" in cls.Input.model_fields and out.get("seed") is None:
+            out["seed"] = draw_seed()
+        return out
+
+    @classmethod
     def localise_error(cls, exc: ImageNodesError) -> ImageNodesError:
         """Give ``exc`` this node's solution text for its code, unless it carries a
         custom one; returns ``exc`` (mutated in place so tracebacks are kept)."""

@@ -16,7 +16,7 @@ its own seed, so grouping never changes a picture.  See docs/image_generator.md.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -260,6 +260,20 @@ class ImageGenerator(Node[ImageGeneratorInput, ImageGeneratorOutput]):
         "INVALID_DIMENSIONS": f"Set width and height to multiples of {SIZE_MULTIPLE} between "
         f"{MIN_SIZE} and {MAX_SIZE}",
     }
+
+    @classmethod
+    def with_seeds(cls, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        """Each image request without a seed gets one (the pack's requests are drawn
+        when the run merges them, so a retry of a pack run draws them anew)."""
+        out = dict(inputs)
+        if isinstance(out.get("images"), list):
+            out["images"] = [
+                {**item, "seed": draw_seed()}
+                if isinstance(item, Mapping) and item.get("seed") is None
+                else item
+                for item in out["images"]
+            ]
+        return out
 
     def run(self, inputs: ImageGeneratorInput, ctx: RunContext) -> ImageGeneratorOutput:
         plan = self._merge(inputs, ctx)

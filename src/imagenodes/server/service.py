@@ -32,7 +32,6 @@ from imagenodes.errors import (
 )
 from imagenodes.registry.context import CancelToken
 from imagenodes.registry.events import Event
-from imagenodes.sdk import draw_seed
 from imagenodes.server.settings import ServerSettings
 from imagenodes.server.store import TERMINAL, JobEvent, JobRecord, JobStore
 from imagenodes.server.webhooks import EVENT_TYPES, WebhookSender
@@ -209,13 +208,10 @@ class JobService:
                     field="webhook_events",
                 )
         if kind == "node":
-            validated = self.host.validate(node, body.get("inputs") or {})
-            inputs = dict(body.get("inputs") or {})
-            # An unseeded request gets its seed now, so a re-run after a restart (or a
-            # retry) makes the same images.
-            if "seed" in type(validated).model_fields and inputs.get("seed") is None:
-                inputs["seed"] = draw_seed()
-            stored["inputs"] = inputs
+            self.host.validate(node, body.get("inputs") or {})
+            # Unseeded requests get their seeds now (the node says where they are), so a
+            # re-run after a restart, or a retry, makes the same images.
+            stored["inputs"] = self.host.node(node).with_seeds(body.get("inputs") or {})
         record = JobRecord(
             id=job_id or uuid.uuid4().hex,
             kind=kind,
