@@ -1,4 +1,4 @@
-"""Benchmark 8 — service batching: 16 HTTP clients at once, each asking for one image.
+"""Benchmark 7 — service batching: 16 HTTP clients at once, each asking for one image.
 
 The builder service (``imagenodes serve`` on uvicorn, 16 workers) gets 16 concurrent
 ``POST /v1/jobs`` (``Prefer: wait``) of one image each — same model, size, steps and
