@@ -19,7 +19,7 @@ import pytest
 from PIL import Image, ImageFile
 
 from imagenodes.errors import InputError, SourceImageError
-from imagenodes.workspace import Workspace, image_to_data_uri, load_image
+from imagenodes.workspace import UrlPolicy, Workspace, image_to_data_uri, load_image
 
 FIELD = "init_image"
 
@@ -163,8 +163,8 @@ def test_absolute_path_and_file_uri_under_root(local_ws, tmp_path):
 
 
 def test_http_url(ws, http_base):
-    _assert_red(load_image(f"{http_base}/img.png?sig=abc", ws))
-    _assert_red(load_image(f"{http_base}/redirect", ws))
+    _assert_red(load_image(f"{http_base}/img.png?sig=abc", ws, url_policy=TEST_SERVER))
+    _assert_red(load_image(f"{http_base}/redirect", ws, url_policy=TEST_SERVER))
 
 
 def test_data_uri_and_bare_base64(ws):
@@ -219,7 +219,13 @@ def test_pixel_cap_allows_up_to_the_limit(ws):
 # -- refused ----------------------------------------------------------------------
 
 
+#: The URL policy that lets these tests reach their own server on 127.0.0.1 (the
+#: default refuses every non-public address; tests/test_url_policy.py proves it).
+TEST_SERVER = UrlPolicy(allow_hosts=("127.0.0.1",))
+
+
 def _refused(source: str, ws: Workspace, **kwargs) -> SourceImageError:
+    kwargs.setdefault("url_policy", TEST_SERVER)
     with pytest.raises(SourceImageError) as err:
         load_image(source, ws, field=FIELD, **kwargs)
     assert err.value.field == FIELD

@@ -40,6 +40,7 @@ from imagenodes.sdk import (
     hookimpl,
     hookspec,
 )
+from imagenodes.workspace.urls import UrlPolicy
 
 if TYPE_CHECKING:
     from imagenodes.registry.host import Host, RunResult
@@ -93,6 +94,7 @@ __all__ = [
     "SourceImageError",
     "Training",
     "UnknownNodeError",
+    "UrlPolicy",
     "embedded_model_path",
     "hookimpl",
     "hookspec",

@@ -237,8 +237,13 @@ def open_host(args: argparse.Namespace) -> Host:
     not pay for the registry and plugin discovery.
     """
     from imagenodes import Host
+    from imagenodes.workspace import UrlPolicy
 
-    return Host(args.workspace, connections_file=args.connections)
+    policy = UrlPolicy(
+        allow_private=bool(getattr(args, "url_allow_private", False)),
+        allow_hosts=tuple(getattr(args, "url_allow_host", None) or ()),
+    )
+    return Host(args.workspace, connections_file=args.connections, url_policy=policy)
 
 
 def cmd_nodes(args: argparse.Namespace, out: TextIO) -> int:
@@ -482,6 +487,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="workspace URL or folder (default: $IMAGENODES_WORKSPACE or ./workspace)",
     )
     parser.add_argument("--connections", help="connections TOML file")
+    parser.add_argument(
+        "--url-allow-host",
+        action="append",
+        default=None,
+        metavar="HOST",
+        help="image URLs may point at HOST even at a private address (repeat)",
+    )
+    parser.add_argument(
+        "--url-allow-private",
+        action="store_true",
+        help="image URLs may point at private/loopback addresses (default: public only)",
+    )
     parser.add_argument(
         "--verbose",
         "-v",

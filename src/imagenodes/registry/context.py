@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from imagenodes.engine.config import RuntimeConfig
     from imagenodes.engine.engine import Engine
     from imagenodes.library import InferencePackStore, SessionStore, TrainingStore
-    from imagenodes.workspace import Staging, Workspace
+    from imagenodes.workspace import Staging, UrlPolicy, Workspace
 
 
 class CancelToken:
@@ -154,11 +154,13 @@ class RunImages:
         staging: Staging,
         util: RunUtil,
         record: RunRecord,
+        url_policy: UrlPolicy | None = None,
     ) -> None:
         self._run_id = run_id
         self._node_id = node_id
         self._node_version = node_version
         self._workspace = workspace
+        self._url_policy = url_policy
         self._staging = staging
         self._util = util
         self._record = record
@@ -167,13 +169,15 @@ class RunImages:
 
     def preload(self, value: str, field: str) -> Image.Image:
         """Load an ``ImageRef`` input; errors name ``field`` (the host calls this)."""
-        from imagenodes.workspace import load_image
+        from imagenodes.workspace import DEFAULT_POLICY, load_image
 
         hit = self._loaded.get(value)
         if hit is not None:
             return hit[1]
         self._util.check()
-        image = load_image(value, self._workspace, field=field)
+        image = load_image(
+            value, self._workspace, field=field, url_policy=self._url_policy or DEFAULT_POLICY
+        )
         self._loaded[value] = (field, image)
         return image
 

@@ -54,7 +54,7 @@ if TYPE_CHECKING:
     from imagenodes.engine.config import RuntimeConfig
     from imagenodes.engine.engine import Engine
     from imagenodes.library import InferencePackStore, SessionStore, TrainingStore
-    from imagenodes.workspace import Workspace
+    from imagenodes.workspace import UrlPolicy, Workspace
 
 log = logging.getLogger(__name__)
 
@@ -138,8 +138,10 @@ class Executor:
         trainings: TrainingStore,
         packs: InferencePackStore,
         sessions: SessionStore,
+        url_policy: UrlPolicy | None = None,
     ) -> None:
         self.workspace = workspace
+        self.url_policy = url_policy
         self._engine = engine
         self._trainings = trainings
         self._packs = packs
@@ -204,6 +206,7 @@ class Executor:
                 staging=staging,
                 util=util,
                 record=record,
+                url_policy=self.url_policy,
             )
             ctx = HostRunContext(
                 run_id=run_id,

@@ -36,6 +36,7 @@ from imagenodes.sdk import Node
 
 if TYPE_CHECKING:
     from imagenodes.engine.engine import Engine
+    from imagenodes.workspace import UrlPolicy
 
 __all__ = ["Host", "RunResult"]
 
@@ -51,6 +52,8 @@ class Host:
         load_entrypoints: discover packs through the ``imagenodes`` entry-point group.
         strict: raise PluginError when any pack is unavailable instead of isolating it.
         cache_bytes: pipeline cache budget (default ``IMAGENODES_CACHE_BYTES`` or 8 GiB).
+        url_policy: where image URLs may point (default: public addresses only; see
+            :mod:`imagenodes.workspace.urls`).
     """
 
     def __init__(
@@ -64,6 +67,7 @@ class Host:
         strict: bool = False,
         cache_bytes: int | None = None,
         storage_options: Mapping[str, Any] | None = None,
+        url_policy: UrlPolicy | None = None,
     ) -> None:
         from imagenodes.workspace import Workspace
 
@@ -104,6 +108,7 @@ class Host:
             trainings=self.trainings,
             packs=self.packs,
             sessions=self.sessions,
+            url_policy=url_policy,
         )
 
     @property

@@ -33,11 +33,13 @@ from imagenodes.workspace.store import (
     Staging,
     Workspace,
 )
+from imagenodes.workspace.urls import DEFAULT_POLICY, UrlPolicy
 
 __all__ = [
     "ALLOWED_FORMATS",
     "DEFAULT_MAX_BYTES",
     "DEFAULT_MAX_PIXELS",
+    "DEFAULT_POLICY",
     "DEFAULT_WORKSPACE",
     "MAX_PIXELS_ENV",
     "METADATA_KEY",
@@ -45,6 +47,7 @@ __all__ = [
     "WORKSPACE_ENV",
     "StagedFile",
     "Staging",
+    "UrlPolicy",
     "Workspace",
     "decode_base64",
     "decode_image",

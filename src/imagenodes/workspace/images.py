@@ -13,24 +13,20 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
-import http.client
 import io
 import os
 import re
-import socket
 import threading
-import time
-import urllib.error
 import urllib.parse
-import urllib.request
 import warnings
 from collections.abc import Iterator
-from typing import Any, Literal
+from typing import Literal
 
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from imagenodes.errors import InputError, SourceImageError
 from imagenodes.workspace.store import Workspace, _redact
+from imagenodes.workspace.urls import DEFAULT_POLICY, UrlPolicy, fetch
 
 #: Environment override for the default pixel cap.
 MAX_PIXELS_ENV = "IMAGENODES_MAX_PIXELS"
@@ -63,7 +59,6 @@ _SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]+):")
 # Strings this long in the base64 alphabet are not plausible paths, so a failed
 # decode is reported as bad base64 rather than as a missing file.
 _CLEARLY_B64_LEN = 256
-_CHUNK = 64 * 1024
 
 # ImageFile.LOAD_TRUNCATED_IMAGES is process-global; if another component turned it
 # on we switch it off around our own decode, serialised so we restore it correctly.
@@ -96,12 +91,20 @@ def load_image(
     max_pixels: int | None = None,
     timeout: float = DEFAULT_TIMEOUT,
     max_bytes: int = DEFAULT_MAX_BYTES,
+    url_policy: UrlPolicy = DEFAULT_POLICY,
 ) -> Image.Image:
     """Fetch, validate and fully decode an image input into an RGB image."""
     cap = default_max_pixels() if max_pixels is None else max_pixels
     if not isinstance(cap, int) or isinstance(cap, bool) or cap <= 0:
         raise InputError(f"max_pixels must be a positive integer, got {cap!r}", field="max_pixels")
-    data = read_image_bytes(source, workspace, field=field, timeout=timeout, max_bytes=max_bytes)
+    data = read_image_bytes(
+        source,
+        workspace,
+        field=field,
+        timeout=timeout,
+        max_bytes=max_bytes,
+        url_policy=url_policy,
+    )
     return decode_image(data, field=field, max_pixels=cap)
 
 
@@ -112,6 +115,7 @@ def read_image_bytes(
     field: str = "source_image",
     timeout: float = DEFAULT_TIMEOUT,
     max_bytes: int = DEFAULT_MAX_BYTES,
+    url_policy: UrlPolicy = DEFAULT_POLICY,
 ) -> bytes:
     """Raw bytes of an image input, dispatched on what the string looks like."""
     if not isinstance(source, str):
@@ -127,7 +131,9 @@ def read_image_bytes(
     if scheme == "data":
         return _decode_data_uri(value, field=field, max_bytes=max_bytes)
     if scheme in ("http", "https"):
-        return fetch_url(value, field=field, timeout=timeout, max_bytes=max_bytes)
+        return fetch_url(
+            value, field=field, timeout=timeout, max_bytes=max_bytes, url_policy=url_policy
+        )
     if scheme is not None:
         if scheme not in workspace.protocols:
             raise SourceImageError(
@@ -224,98 +230,24 @@ def _decode_data_uri(value: str, *, field: str, max_bytes: int) -> bytes:
     return data
 
 
-class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
-    """urllib also follows redirects to ftp://; an image URL must stay on http(s)."""
-
-    def redirect_request(
-        self,
-        req: urllib.request.Request,
-        fp: Any,
-        code: int,
-        msg: str,
-        headers: Any,
-        newurl: str,
-    ) -> urllib.request.Request | None:
-        if urllib.parse.urlsplit(newurl).scheme.lower() not in ("http", "https"):
-            raise urllib.error.HTTPError(
-                newurl,
-                code,
-                f"redirect to non-HTTP URL refused: {_redact(newurl)}",
-                headers,
-                fp,
-            )
-        return super().redirect_request(req, fp, code, msg, headers, newurl)
-
-
 def fetch_url(
     url: str,
     *,
     field: str = "source_image",
     timeout: float = DEFAULT_TIMEOUT,
     max_bytes: int = DEFAULT_MAX_BYTES,
+    url_policy: UrlPolicy = DEFAULT_POLICY,
 ) -> bytes:
-    """GET an http(s) URL with a total deadline and a byte cap.
-
-    urllib's ``timeout`` is per socket operation, so a server trickling bytes could
-    hold a run forever; the deadline bounds the whole download.
-    """
-    shown = _redact(url)
-    opener = urllib.request.build_opener(_HttpOnlyRedirects)
-    request = urllib.request.Request(
-        url, headers={"User-Agent": "imagenodes/0.1", "Accept": "image/*"}
+    """GET an http(s) URL under the URL policy, with a total deadline and a byte cap
+    (see :mod:`imagenodes.workspace.urls`)."""
+    return fetch(
+        url,
+        policy=url_policy,
+        field=field,
+        shown=repr(_redact(url)),
+        timeout=timeout,
+        max_bytes=max_bytes,
     )
-    deadline = time.monotonic() + timeout
-    try:
-        with opener.open(request, timeout=timeout) as response:
-            status = getattr(response, "status", 200)
-            if status != 200:
-                raise SourceImageError(
-                    f"{shown} answered HTTP {status}; only 200 OK is accepted",
-                    field=field,
-                )
-            length = response.headers.get("Content-Length")
-            if length and length.isdigit() and int(length) > max_bytes:
-                raise SourceImageError(
-                    f"{shown} is {int(length)} bytes; the maximum is {max_bytes} bytes",
-                    field=field,
-                )
-            return b"".join(_read_capped(response, shown, field, max_bytes, deadline, timeout))
-    except SourceImageError:
-        raise
-    except urllib.error.HTTPError as exc:
-        raise SourceImageError(
-            f"{shown} answered HTTP {exc.code} {exc.reason}; a publicly accessible image "
-            "URL answering 200 OK is required",
-            field=field,
-        ) from exc
-    except urllib.error.URLError as exc:
-        reason = exc.reason
-        if isinstance(reason, TimeoutError | socket.timeout):
-            raise SourceImageError(f"{shown} timed out after {timeout:g} s", field=field) from exc
-        raise SourceImageError(f"could not fetch {shown}: {reason}", field=field) from exc
-    except TimeoutError as exc:
-        raise SourceImageError(f"{shown} timed out after {timeout:g} s", field=field) from exc
-    except (OSError, http.client.HTTPException, ValueError) as exc:
-        raise SourceImageError(f"could not fetch {shown}: {exc}", field=field) from exc
-
-
-def _read_capped(
-    response: Any, shown: str, field: str, max_bytes: int, deadline: float, timeout: float
-) -> Iterator[bytes]:
-    total = 0
-    while True:
-        if time.monotonic() > deadline:
-            raise SourceImageError(f"{shown} timed out after {timeout:g} s", field=field)
-        chunk = response.read(_CHUNK)
-        if not chunk:
-            return
-        total += len(chunk)
-        if total > max_bytes:
-            raise SourceImageError(
-                f"{shown} sent more than {max_bytes} bytes; the maximum is {max_bytes} bytes",
-                field=field,
-            )
-        yield chunk
 
 
 @contextlib.contextmanager
