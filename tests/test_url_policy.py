@@ -196,3 +196,21 @@ def test_a_node_run_refuses_a_private_url_by_default(tmp_path: Path, server: _Se
     assert (err.value.code, err.value.field) == ("SOURCE_IMAGE_ERROR", "source_image")
     assert server.log == []
     assert not (tmp_path / "ws").exists() or list((tmp_path / "ws").rglob("*.png")) == []
+
+
+def test_the_run_deadline_bounds_a_download(tmp_path: Path, server: _Server) -> None:
+    host = Host(tmp_path / "ws", url_policy=UrlPolicy(allow_hosts=("127.0.0.1",)))
+    assert host.node("image_to_image").timeout == 900.0  # image-input nodes have one
+    started = time.monotonic()
+    with pytest.raises(ImageNodesError) as err:
+        host.run(
+            "image_to_image",
+            {
+                "source_image": f"http://127.0.0.1:{server.port}/trickle.png",
+                "prompt": "x",
+                "negative_prompt": "",
+            },
+            timeout=1.0,
+        )
+    assert time.monotonic() - started < 2.5
+    assert err.value.code in ("GENERATION_TIMEOUT", "SOURCE_IMAGE_ERROR")

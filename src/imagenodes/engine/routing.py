@@ -462,6 +462,23 @@ def adapt(job: ImageJob, profile: ModelProfile, *, device: str = "cpu") -> Adapt
         )
         out.guidance_scale = guidance
 
+    # Image-to-image denoises int(steps × strength) steps: at least one, or the
+    # pipeline fails on an empty schedule.
+    if out.task == IMAGE_TO_IMAGE and out.strength is not None and out.steps:
+        if int(out.steps * out.strength) < 1:
+            raised = min(1.0, 1.0 / out.steps + 1e-6)
+            notices.append(
+                Notice(
+                    nc.STRENGTH_RAISED,
+                    "strength",
+                    out.strength,
+                    round(raised, 4),
+                    f"strength × steps must be at least 1 denoising step ({out.strength} × "
+                    f"{out.steps} < 1)",
+                )
+            )
+            out.strength = raised
+
     # Precision.
     if out.precision:
         wanted = {"fp16": "float16", "bf16": "bfloat16"}.get(out.precision, out.precision)

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, ConfigDict, Field
 
-from imagenodes.sdk import ConnectionRequirement, Prompt
+from imagenodes.sdk import MAX_SEED, ConnectionRequirement, Prompt
 
 #: The seeds' nodes require a "PixelML Connection": here it configures the local
 #: diffusers runtime (connection category ``pixelml``).  Product-specific, so it lives
@@ -104,6 +104,17 @@ def batch_size_field() -> Any:
         title="Batch size",
         description="The number of images to generate in a batch.",
     )
+
+
+def _seed_range(value: int | None) -> int | None:
+    if value is not None and not 0 <= value <= MAX_SEED:
+        raise ValueError(f"must be between 0 and {MAX_SEED} (a 32-bit seed), got {value}")
+    return value
+
+
+#: The seeds' ``seed``: any integer in the schema (it must stay the seed's), 32 bits
+#: at validation, so an out-of-range seed is INVALID_INPUT, not a generator overflow.
+Seed = Annotated[int | None, AfterValidator(_seed_range)]
 
 
 def seed_field() -> Any:

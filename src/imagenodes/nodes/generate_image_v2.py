@@ -16,6 +16,7 @@ from imagenodes.nodes.common import (
     PIXELML_CONNECTION,
     SEED_FIELD_CODES,
     Prompt,
+    Seed,
     batch_size_field,
     guidance_field,
     images_output_field,
@@ -56,7 +57,7 @@ class GenerateImageV2NodeInput(BaseModel):
     guidance_scale: float = guidance_field(8)
     steps: int = steps_field()
     batch_size: int = batch_size_field()
-    seed: int | None = seed_field()
+    seed: Seed = seed_field()
     aspect_ratio: AspectRatio = Field(
         default="9:16_HD",
         title="Aspect ratio",

@@ -126,6 +126,8 @@ class ImageGeneration(Node[ImageGenerationInput, ImageGenerationOutput]):
     )
     category = "image"
     connections = (PIXELML_CONNECTION,)
+    #: Image inputs may be URLs: a run must end even when a download or a model hangs.
+    timeout = 900.0
     field_codes: ClassVar[dict[str, str]] = {
         **SEED_FIELD_CODES,
         "image_sources": "SOURCE_IMAGE_ERROR",

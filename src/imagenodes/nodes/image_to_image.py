@@ -18,6 +18,7 @@ from imagenodes.nodes.common import (
     SEED_FIELD_CODES,
     NonNegativeSize,
     Prompt,
+    Seed,
     batch_size_field,
     guidance_field,
     images_output_field,
@@ -65,7 +66,7 @@ class ImageToImageNodeInput(BaseModel):
     )
     steps: int = steps_field()
     batch_size: int = batch_size_field()
-    seed: int | None = seed_field()
+    seed: Seed = seed_field()
     width: NonNegativeSize = Field(
         default=0, title="Width", description="The width of the generated image."
     )
@@ -92,6 +93,8 @@ class ImageToImage(Node[ImageToImageNodeInput, ImageToImageNodeOutput]):
     )
     category = "image"
     connections = (PIXELML_CONNECTION,)
+    #: Image inputs may be URLs: a run must end even when a download or a model hangs.
+    timeout = 900.0
     field_codes: ClassVar[dict[str, str]] = {
         **SEED_FIELD_CODES,
         "source_image": "SOURCE_IMAGE_ERROR",

@@ -137,6 +137,12 @@ class RunUtil:
         if self._on_event is not None:
             self._on_event(Event(type, self._run_id, self._node_id, data))
 
+    def remaining(self) -> float | None:
+        """Seconds left before the run's deadline (None: no deadline)."""
+        if self._deadline is None:
+            return None
+        return max(0.001, self._deadline - time.monotonic())
+
     def notice(self, notice: Notice) -> None:
         self._record.notices.append(notice)
 
@@ -169,14 +175,19 @@ class RunImages:
 
     def preload(self, value: str, field: str) -> Image.Image:
         """Load an ``ImageRef`` input; errors name ``field`` (the host calls this)."""
-        from imagenodes.workspace import DEFAULT_POLICY, load_image
+        from imagenodes.workspace import DEFAULT_POLICY, DEFAULT_TIMEOUT, load_image
 
         hit = self._loaded.get(value)
         if hit is not None:
             return hit[1]
         self._util.check()
+        left = self._util.remaining()  # a download never outlives the run's deadline
         image = load_image(
-            value, self._workspace, field=field, url_policy=self._url_policy or DEFAULT_POLICY
+            value,
+            self._workspace,
+            field=field,
+            url_policy=self._url_policy or DEFAULT_POLICY,
+            timeout=DEFAULT_TIMEOUT if left is None else min(DEFAULT_TIMEOUT, left),
         )
         self._loaded[value] = (field, image)
         return image

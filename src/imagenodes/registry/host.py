@@ -31,7 +31,7 @@ from imagenodes.registry.context import CancelToken
 from imagenodes.registry.events import Event
 from imagenodes.registry.executor import Executor, RunResult
 from imagenodes.registry.plugins import PluginLoader
-from imagenodes.registry.validation import check_choices, pack_validator, to_error
+from imagenodes.registry.validation import check_choices, check_text, pack_validator, to_error
 from imagenodes.sdk import Node
 
 if TYPE_CHECKING:
@@ -183,6 +183,7 @@ class Host:
                 f"inputs of {node_id!r} must be a JSON object, got {type(inputs).__name__}",
                 field=None,
             )
+        check_text(inputs)
         try:
             validated = cls.Input.model_validate(dict(inputs))
         except ValidationError as exc:

@@ -8,6 +8,7 @@ message can never drift from the range in the form.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -121,6 +122,8 @@ def to_error(
             code="EMPTY_PROMPT",
             field=field,
         )
+    if code == "EMPTY_PROMPT":
+        code = None  # a prompt that is present but otherwise wrong is INVALID_INPUT
     if etype == "missing":
         return InputError(f"missing required field {field!r}", field=field)
     prop = _property(schema, loc)
@@ -198,3 +201,18 @@ def pack_validator(
         return out
 
     return validate
+
+
+def check_text(inputs: Mapping[str, Any]) -> None:
+    """Refuse text that is not valid Unicode (a lone surrogate such as ``"\\ud800"``):
+    JSON lets it through, tokenizers and PNG metadata do not."""
+    for name, value in inputs.items():
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise InputError(
+                f"{name} contains invalid Unicode (an unpaired surrogate); send UTF-8 text",
+                field=str(name),
+            ) from None
+        except (TypeError, ValueError):
+            continue  # not JSON-shaped: pydantic reports it
