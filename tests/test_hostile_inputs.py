@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import io
+import os
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
 
-from imagenodes import Host, ImageNodesError
-from imagenodes.workspace import image_to_data_uri
+from imagenodes import Host, ImageNodesError, Node, NodeInput, NodeOutput, RunContext, hookimpl
+from imagenodes.errors import SourceImageError
+from imagenodes.workspace import Workspace, image_to_data_uri, load_image
 
 V2 = {"prompt": "a red circle on a blue background", "negative_prompt": "", "aspect_ratio": "1:1"}
 
@@ -71,3 +77,73 @@ def test_image_generation_with_a_tiny_strength(host: Host, tmp_path: Path) -> No
         {"prompt": "a blue square", "image_sources": [source], "strength": 0.001, "seed": 2},
     )
     assert [n["code"] for n in result.notices].count("STRENGTH_RAISED") == 1
+
+
+# -- run identity ---------------------------------------------------------------------
+class _SlowInput(NodeInput):
+    label: str = "x"
+
+
+class _SlowOutput(NodeOutput):
+    image: str
+
+
+class _Slow(Node[_SlowInput, _SlowOutput]):
+    id, title, description = "slow_square", "Slow square", "Stores one image after 0.3 s."
+
+    def run(self, inputs: _SlowInput, ctx: RunContext) -> _SlowOutput:
+        time.sleep(0.3)
+        return _SlowOutput(image=ctx.images.save(Image.new("RGB", (4, 4), inputs.label)))
+
+
+class _SlowPack:
+    @hookimpl
+    def register_nodes(self, register: Any) -> None:
+        register(_Slow)
+
+
+def test_a_run_id_cannot_be_reused(tmp_path: Path) -> None:
+    host = Host(tmp_path / "ws", plugins=[_SlowPack()])
+    first = host.run("slow_square", {"label": "red"}, run_id="r-1")
+    with pytest.raises(ImageNodesError) as err:
+        host.run("slow_square", {"label": "blue"}, run_id="r-1")
+    assert (err.value.code, err.value.field) == ("INVALID_INPUT", "run_id")
+    with Image.open(io.BytesIO(host.workspace.read_bytes(first.outputs["image"]))) as im:
+        assert im.convert("RGB").getpixel((0, 0)) == (255, 0, 0)  # not overwritten
+    outcomes: list[str] = []
+
+    def go(label: str) -> None:
+        try:
+            host.run("slow_square", {"label": label}, run_id="r-2")
+            outcomes.append("ok")
+        except ImageNodesError as exc:
+            outcomes.append(exc.code)
+
+    threads = [threading.Thread(target=go, args=(c,)) for c in ("red", "blue")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sorted(outcomes) == ["INVALID_INPUT", "ok"]
+
+
+# -- files that are not regular, 16-bit images ---------------------------------------
+def test_a_fifo_in_the_workspace_is_refused_without_blocking(tmp_path: Path) -> None:
+    ws = Workspace(tmp_path / "ws")
+    ws.write_bytes("ok.png", b"x")
+    os.mkfifo(tmp_path / "ws" / "pipe.png")
+    started = time.monotonic()
+    with pytest.raises(SourceImageError) as err:
+        load_image("pipe.png", ws)
+    assert time.monotonic() - started < 2 and "not a regular file" in err.value.message
+
+
+def test_16_bit_grey_is_scaled_not_clipped(tmp_path: Path) -> None:
+    import numpy as np
+
+    ws = Workspace(tmp_path / "ws")
+    buf = io.BytesIO()
+    Image.fromarray(np.full((4, 4), 32768, dtype=np.uint16)).save(buf, "PNG")
+    ws.write_bytes("grey16.png", buf.getvalue())
+    image = load_image("grey16.png", ws)
+    assert image.mode == "RGB" and image.getpixel((1, 1)) == (128, 128, 128)

@@ -33,6 +33,7 @@ from imagenodes.errors import (
     GenerationFailed,
     GenerationTimeout,
     ImageNodesError,
+    InputError,
 )
 from imagenodes.registry import events as ev
 from imagenodes.registry.context import (
@@ -195,6 +196,14 @@ class Executor:
             record=record,
         )
         with self._tokens_lock:
+            # A run id names the run's folder: reusing one would overwrite another run's
+            # files.  Checked and registered under one lock, so two concurrent runs with
+            # the same id cannot both pass.
+            if run_id in self._tokens or self.workspace.exists(f"runs/{run_id}"):
+                raise InputError(
+                    f"run_id {run_id!r} is already in use or stored; use a new one",
+                    field="run_id",
+                )
             self._tokens[run_id] = token
         started = time.perf_counter()
         try:

@@ -373,6 +373,11 @@ def _exif_upright(image: Image.Image) -> Image.Image:
 def _to_rgb(image: Image.Image) -> Image.Image:
     if image.mode == "RGB":
         return image.copy()
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16-bit (or 32-bit integer) grey: scale to 8 bits.  Pillow's convert("L")
+        # clips instead, so 32768 (mid grey) would come out white.
+        wide = image.convert("I")
+        return wide.point(lambda v: v / 256).convert("L").convert("RGB")
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
         image.mode in ("P", "L", "RGB") and "transparency" in image.info
     ):

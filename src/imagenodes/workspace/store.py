@@ -21,6 +21,7 @@ import json
 import os
 import posixpath
 import re
+import stat
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -281,6 +282,15 @@ class Workspace:
         file is refused without being pulled into memory."""
         rel, full = self._locate(ref_or_rel, field)
         try:
+            if self.is_local:
+                # Only regular files: opening a FIFO (or a device) inside the workspace
+                # would block the worker thread for ever, past any run timeout.
+                mode = os.stat(full).st_mode
+                if not stat.S_ISREG(mode):
+                    raise SourceImageError(
+                        f"{rel!r} is not a regular file; pass a file reference",
+                        field=field,
+                    )
             if max_bytes is not None:
                 size = self.fs.size(full)
                 if size is not None and size > max_bytes:
