@@ -147,3 +147,45 @@ def test_16_bit_grey_is_scaled_not_clipped(tmp_path: Path) -> None:
     ws.write_bytes("grey16.png", buf.getvalue())
     image = load_image("grey16.png", ws)
     assert image.mode == "RGB" and image.getpixel((1, 1)) == (128, 128, 128)
+
+
+# -- crash leftovers -------------------------------------------------------------------
+_CRASH = """
+import os, sys
+from imagenodes import Host
+from imagenodes.workspace import store
+host = Host(sys.argv[1])
+point = sys.argv[2]
+if point == "before-run-json":
+    real = host.workspace.write_bytes
+    def write_bytes(rel, data, **kw):
+        if rel.endswith("run.json"):
+            os._exit(9)  # killed after the images, before the manifest
+        return real(rel, data, **kw)
+    host.workspace.write_bytes = write_bytes
+else:
+    def replace(src, dst):
+        os._exit(9)  # killed after a temp write, before its rename
+    store.os.replace = replace
+host.run("checkerboard", {"size": 16})
+"""
+
+
+@pytest.mark.parametrize("point", ["before-run-json", "before-rename"])
+def test_leftovers_of_a_killed_run_are_swept_at_start_up(tmp_path: Path, point: str) -> None:
+    import subprocess
+    import sys
+
+    ws = tmp_path / "ws"
+    out = subprocess.run([sys.executable, "-c", _CRASH, str(ws), point], timeout=120)
+    assert out.returncode == 9
+    leftovers = [p for p in ws.rglob("*") if p.is_file()]
+    assert leftovers, "the child left nothing: the fault was not injected"
+    assert Host(ws).swept == []  # younger than the grace period: kept (may be live)
+    old = time.time() - 7200
+    for path in [*leftovers, *(p for p in ws.rglob("*") if p.is_dir())]:
+        os.utime(path, (old, old))
+    host = Host(ws)
+    assert host.swept and all(s.startswith("runs/") or ".imagenodes-tmp-" in s for s in host.swept)
+    assert [p for p in ws.rglob("*") if p.is_file()] == []
+    assert host.run("checkerboard", {"size": 16}).outputs["image"]

@@ -9,6 +9,7 @@ deadline, cancel token, staging, run record, result cache).
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import threading
 import uuid
@@ -40,6 +41,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Host", "RunResult"]
 
+log = logging.getLogger(__name__)
+
 
 class Host:
     """The registry a builder embeds.
@@ -54,6 +57,9 @@ class Host:
         cache_bytes: pipeline cache budget (default ``IMAGENODES_CACHE_BYTES`` or 8 GiB).
         url_policy: where image URLs may point (default: public addresses only; see
             :mod:`imagenodes.workspace.urls`).
+        sweep_after_s: at start-up, remove incomplete runs and temp files a crashed
+            process left that are older than this (None: keep them); reported in
+            ``host.swept`` and the log.
     """
 
     def __init__(
@@ -68,6 +74,7 @@ class Host:
         cache_bytes: int | None = None,
         storage_options: Mapping[str, Any] | None = None,
         url_policy: UrlPolicy | None = None,
+        sweep_after_s: float | None = 3600.0,
     ) -> None:
         from imagenodes.workspace import Workspace
 
@@ -79,6 +86,17 @@ class Host:
             if broken:
                 raise PluginError("; ".join(f"{p.name}: {p.reason}" for p in broken))
         self.workspace = Workspace(workspace, **dict(storage_options or {}))
+        #: What the start-up sweep removed (incomplete runs, temp files of crashes).
+        self.swept: list[str] = []
+        if sweep_after_s is not None:
+            self.swept = self.workspace.sweep_incomplete(sweep_after_s)
+            if self.swept:
+                log.warning(
+                    "removed %d leftovers of interrupted runs from %s: %s",
+                    len(self.swept),
+                    self.workspace.url,
+                    ", ".join(self.swept[:10]),
+                )
         self.connections = ConnectionStore(
             self.registered.connection_types, config_file=connections_file
         )

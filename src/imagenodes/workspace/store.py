@@ -21,10 +21,13 @@ import json
 import os
 import posixpath
 import re
+import shutil
 import stat
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
 
@@ -409,6 +412,36 @@ class Workspace:
                 self.fs.rm(full, recursive=recursive)
         except FileNotFoundError:
             return
+
+    def sweep_incomplete(self, grace_s: float) -> list[str]:
+        """Remove what a crashed process left behind, older than ``grace_s`` seconds.
+
+        A run is committed images first and ``run.json`` last, so a run folder without
+        ``run.json`` is one whose process died mid-commit; a ``.imagenodes-tmp-*`` file
+        is a write that never reached its rename.  Only local workspaces (object-store
+        writes are atomic per object).  Returns the workspace paths removed, so the host
+        can report them.
+        """
+        if not self.is_local:
+            return []
+        root = Path(self.root)
+        cutoff = time.time() - grace_s
+        removed: list[str] = []
+        runs = root / "runs"
+        if runs.is_dir():
+            for run in sorted(runs.iterdir()):
+                if not run.is_dir() or (run / "run.json").exists():
+                    continue
+                newest = max((p.stat().st_mtime for p in run.rglob("*")), default=0.0)
+                if max(newest, run.stat().st_mtime) < cutoff:
+                    shutil.rmtree(run, ignore_errors=True)
+                    removed.append(str(run.relative_to(root)))
+        for tmp in sorted(root.rglob(f"{TEMP_PREFIX}*")):
+            with contextlib.suppress(OSError):
+                if tmp.is_file() and tmp.stat().st_mtime < cutoff:
+                    tmp.unlink()
+                    removed.append(str(tmp.relative_to(root)))
+        return removed
 
     def stage(self, run_dir: str, *, field: str = "run_dir") -> Staging:
         """Buffer one run's files in memory; see :class:`Staging`."""
