@@ -189,3 +189,14 @@ def test_leftovers_of_a_killed_run_are_swept_at_start_up(tmp_path: Path, point: 
     assert host.swept and all(s.startswith("runs/") or ".imagenodes-tmp-" in s for s in host.swept)
     assert [p for p in ws.rglob("*") if p.is_file()] == []
     assert host.run("checkerboard", {"size": 16}).outputs["image"]
+
+
+def test_a_refused_path_is_shown_as_it_was_refused(tmp_path: Path) -> None:
+    ws = Workspace(tmp_path / "ws")
+    with pytest.raises(SourceImageError) as err:
+        load_image("runs/a.png?p=../../etc/passwd", ws)
+    # It used to show 'runs/a.png' (query dropped) while saying it contained '..'.
+    assert "'runs/a.png?p=../../etc/passwd' contains '..'" in err.value.message
+    with pytest.raises(SourceImageError) as err:
+        load_image("https://x.example/../a.png?X-Amz-Signature=secret", ws)
+    assert "secret" not in err.value.message

@@ -224,7 +224,7 @@ class Workspace:
         parts = path.split("/")
         if ".." in parts:
             raise SourceImageError(
-                f"{_redact(original)!r} contains '..'; allowed: {_ALLOWED_REFS}",
+                f"{_refused_form(original, path)!r} contains '..'; allowed: {_ALLOWED_REFS}",
                 field=field,
             )
         path = path.rstrip("/")
@@ -467,7 +467,7 @@ def _clean_relative(value: str, field: str, *, original: str) -> str:
     parts = [p for p in value.split("/") if p not in ("", ".")]
     if ".." in parts:
         raise SourceImageError(
-            f"{_redact(original)!r} contains '..'; allowed: {_ALLOWED_REFS}",
+            f"{_refused_form(original, value)!r} contains '..'; allowed: {_ALLOWED_REFS}",
             field=field,
         )
     return "/".join(parts)
@@ -477,6 +477,14 @@ def _redact(value: str) -> str:
     """Drop query strings and credentials so signed URLs do not end up in logs."""
     value = value.split("?", 1)[0].split("#", 1)[0]
     return re.sub(r"^([A-Za-z][A-Za-z0-9+.\-]*://)[^/@]*@", r"\1", value)
+
+
+def _refused_form(original: str, checked: str) -> str:
+    """What to show for a refused path: the redacted input when it still shows the
+    reason, else the path as it was checked (for a workspace path, a ``?`` is part of
+    the file name, so ``a.png?p=../x`` must not be shown as ``a.png``)."""
+    shown = _redact(original)
+    return shown if ".." in shown.split("/") else checked
 
 
 def _atomic_local_write(full: str, payload: bytes) -> None:
