@@ -165,15 +165,17 @@ class Host:
 
     def catalog(self) -> list[dict[str, Any]]:
         """JSON-ready entries a builder renders its node palette and forms from."""
-        return [
-            catalog_entry(
-                cls,
-                self._view,
-                provider=self.registered.node_providers[node_id],
-                availability=self.availability(cls),
-            )
-            for node_id, cls in sorted(self.registered.nodes.items())
-        ]
+        return [self.catalog_entry(node_id) for node_id in sorted(self.registered.nodes)]
+
+    def catalog_entry(self, node_id: str) -> dict[str, Any]:
+        """One node's entry (UNKNOWN_NODE when there is none)."""
+        cls = self.node(node_id)
+        return catalog_entry(
+            cls,
+            self._view,
+            provider=self.registered.node_providers[node_id],
+            availability=self.availability(cls),
+        )
 
     def plugin_packs(self) -> list[dict[str, Any]]:
         """Plugin packs (entry points of installed distributions) and their status."""

@@ -344,8 +344,7 @@ def create_app(
 
     @app.get("/v1/nodes/{node_id}", summary="One catalog entry", responses=ERRORS)
     async def node(node_id: str) -> dict[str, Any]:
-        host.node(node_id)  # UNKNOWN_NODE → 404
-        return next(e for e in host.catalog() if e["id"] == node_id)
+        return host.catalog_entry(node_id)  # UNKNOWN_NODE → 404
 
     # -- jobs -------------------------------------------------------------------------
     async def _submitted(job: JobRecord, prefer: str | None) -> JSONResponse:
@@ -420,7 +419,7 @@ def create_app(
 
     @app.get("/v1/jobs/{job_id}", response_model=Job, summary="One job", responses=ERRORS)
     async def get_job(job_id: str) -> Job:
-        return _job_view(service, _require(service, job_id))
+        return _job_view(service, service.job(job_id))
 
     @app.post(
         "/v1/jobs/{job_id}/cancel",
@@ -429,7 +428,6 @@ def create_app(
         responses=ERRORS,
     )
     async def cancel_job(job_id: str) -> CancelResult:
-        _require(service, job_id)
         return CancelResult(cancelled=await asyncio.to_thread(service.cancel, job_id))
 
     @app.post(
@@ -440,14 +438,12 @@ def create_app(
         responses=ERRORS,
     )
     async def retry_job(job_id: str) -> Job:
-        _require(service, job_id)
         return _job_view(service, await asyncio.to_thread(service.retry, job_id))
 
     @app.delete(
         "/v1/jobs/{job_id}", status_code=204, summary="Forget a finished job", responses=ERRORS
     )
     async def delete_job(job_id: str) -> Response:
-        _require(service, job_id)
         await asyncio.to_thread(service.delete, job_id)
         return Response(status_code=204)
 
@@ -462,7 +458,7 @@ def create_app(
         last_event_id: str | None = Header(default=None),
         after: int | None = Query(default=None, ge=0),
     ) -> EventSourceResponse:
-        _require(service, job_id)
+        service.job(job_id)
         start = after if after is not None else _int(last_event_id)
 
         async def stream() -> AsyncIterator[dict[str, Any]]:
@@ -666,20 +662,13 @@ def _int(value: str | None) -> int:
         return 0
 
 
-def _require(service: JobService, job_id: str) -> JobRecord:
-    job = service.store.get(job_id)
-    if job is None:
-        raise UnknownJob(f"no job {job_id!r}", field="id")
-    return job
-
-
 async def _wait_for(service: JobService, job_id: str, seconds: float) -> JobRecord:
     """The job once it is finished, or as it is after ``seconds``."""
     wake = service.listeners.add(job_id, final_only=True)
     deadline = time.monotonic() + seconds
     try:
         while True:
-            job = _require(service, job_id)
+            job = service.job(job_id)
             remaining = deadline - time.monotonic()
             if job.status in TERMINAL or remaining <= 0:
                 return job

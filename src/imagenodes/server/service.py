@@ -225,7 +225,7 @@ class JobService:
 
     def cancel(self, job_id: str) -> bool:
         """True when this call (or an earlier one) stopped the job before it finished."""
-        job = self._job(job_id)
+        job = self.job(job_id)
         if job.status in TERMINAL:
             return job.status == "cancelled"
         if self.store.cancel_queued(job_id):
@@ -243,19 +243,20 @@ class JobService:
         return True
 
     def retry(self, job_id: str) -> JobRecord:
-        job = self._job(job_id)
+        job = self.job(job_id)
         if job.status not in ("failed", "cancelled"):
             raise JobConflict(f"job {job_id} is {job.status}; only failed or cancelled jobs retry")
         self.store.requeue(job_id, count_attempt=True, reason="retry")
-        return self._job(job_id)
+        return self.job(job_id)
 
     def delete(self, job_id: str) -> None:
-        job = self._job(job_id)
+        job = self.job(job_id)
         if job.status not in TERMINAL:
             raise JobConflict(f"job {job_id} is {job.status}; cancel it before deleting it")
         self.store.delete(job_id)
 
-    def _job(self, job_id: str) -> JobRecord:
+    def job(self, job_id: str) -> JobRecord:
+        """The job's record; UNKNOWN_JOB (404) when there is none."""
         job = self.store.get(job_id)
         if job is None:
             raise UnknownJob(f"no job {job_id!r}", field="id")
@@ -341,9 +342,9 @@ class JobService:
         with self._tokens_lock:
             self._tokens[job.id] = token
         try:
-            if self.store.get(job.id) is None:
+            fresh = self.store.get(job.id)
+            if fresh is None:
                 return  # deleted meanwhile
-            fresh = self._job(job.id)
             if fresh.cancel_requested:
                 token.cancel("cancelled")
             run_id = uuid.uuid4().hex
