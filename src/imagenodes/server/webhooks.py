@@ -19,12 +19,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
 import json
 import logging
 import queue
 import secrets
-import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -33,6 +31,7 @@ from typing import Any, Literal, get_args
 from urllib.parse import urlsplit
 
 from imagenodes.errors import InputError
+from imagenodes.workspace.urls import is_public, resolve
 
 log = logging.getLogger(__name__)
 
@@ -79,27 +78,13 @@ class WebhookPolicy:
         allowed = {h.lower() for h in self.allow_hosts}
         if host not in allowed and f"{host}:{port}" not in allowed:
             raise refused
-        if not self.allow_private and not _public(host, port or 443):
-            raise refused
-
-
-def _public(host: str, port: int) -> bool:
-    try:
-        infos = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
-    except OSError:
-        return False
-    for info in infos:
-        address = ipaddress.ip_address(info[4][0])
-        if (
-            address.is_private
-            or address.is_loopback
-            or address.is_link_local
-            or address.is_reserved
-            or address.is_multicast
-            or address.is_unspecified
-        ):
-            return False
-    return True
+        if not self.allow_private:
+            try:
+                addresses = resolve(host, port or (443 if parts.scheme == "https" else 80))
+            except OSError:
+                raise refused from None
+            if not all(is_public(a) for a in addresses):
+                raise refused
 
 
 def load_secret(state_dir: Path, given: str | None) -> bytes:

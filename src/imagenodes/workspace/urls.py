@@ -54,10 +54,14 @@ class UrlPolicy:
 DEFAULT_POLICY = UrlPolicy()
 
 
-def _not_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def is_public(address: Address) -> bool:
+    """A globally routable unicast address (IPv4-mapped forms judged as IPv4)."""
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return _not_public(address.ipv4_mapped)
-    return bool(
+        return is_public(address.ipv4_mapped)
+    return not (
         address.is_private
         or address.is_loopback
         or address.is_link_local
@@ -66,6 +70,18 @@ def _not_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
         or address.is_unspecified
         or not address.is_global
     )
+
+
+def resolve(host: str, port: int) -> list[Address]:
+    """Every address ``host`` resolves to (one lookup); OSError when it resolves to none."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except UnicodeError as exc:
+        raise OSError(f"cannot encode host name {host!r}") from exc
+    addresses = [ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]) for info in infos]
+    if not addresses:
+        raise OSError(f"{host!r} resolves to no address")
+    return addresses
 
 
 @dataclass(frozen=True)
@@ -109,14 +125,11 @@ def check_url(url: str, policy: UrlPolicy, *, field: str, shown: str) -> Target:
     if host in {h.lower() for h in policy.deny_hosts}:
         raise refused
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except (OSError, UnicodeError):
+        addresses = resolve(host, port)
+    except OSError:
         raise refused from None
-    addresses = [ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]) for info in infos]
-    if not addresses:
-        raise refused
     trusted = policy.allow_private or host in {h.lower() for h in policy.allow_hosts}
-    if not trusted and any(_not_public(a) for a in addresses):
+    if not trusted and not all(is_public(a) for a in addresses):
         raise refused
     return Target(url, scheme, host, port, str(addresses[0]))
 
