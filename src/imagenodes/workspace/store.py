@@ -436,11 +436,19 @@ class Workspace:
                 if max(newest, run.stat().st_mtime) < cutoff:
                     shutil.rmtree(run, ignore_errors=True)
                     removed.append(str(run.relative_to(root)))
-        for tmp in sorted(root.rglob(f"{TEMP_PREFIX}*")):
-            with contextlib.suppress(OSError):
-                if tmp.is_file() and tmp.stat().st_mtime < cutoff:
-                    tmp.unlink()
-                    removed.append(str(tmp.relative_to(root)))
+        # Temp files of the library's records (sessions, cache, packs, trainings,
+        # uploads).  Completed run folders are not walked: a crash mid-commit leaves a
+        # folder without run.json, which the loop above removes whole, temp files in it.
+        if not root.is_dir():
+            return removed
+        tops = sorted(p for p in root.iterdir() if p.name != "runs")
+        for top in tops:
+            found = top.rglob(f"{TEMP_PREFIX}*") if top.is_dir() else [top]
+            for tmp in sorted(p for p in found if p.name.startswith(TEMP_PREFIX)):
+                with contextlib.suppress(OSError):
+                    if tmp.is_file() and tmp.stat().st_mtime < cutoff:
+                        tmp.unlink()
+                        removed.append(str(tmp.relative_to(root)))
         return removed
 
     def stage(self, run_dir: str, *, field: str = "run_dir") -> Staging:
