@@ -20,21 +20,15 @@ import threading
 import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from PIL import Image
 
-from imagenodes.engine.request import GenerationRequest
+from imagenodes.engine.request import Control, GenerationRequest
 from imagenodes.errors import Cancelled, ImageNodesError
 
 #: The longest a leader waits for members, in windows (see ``Batcher._lead``).
 MAX_WINDOWS = 5
-
-
-class Control(Protocol):
-    def emit(self, type: str, **data: Any) -> None: ...
-
-    def check(self) -> None: ...
 
 
 @dataclass

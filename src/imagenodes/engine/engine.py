@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Mapping
 from contextlib import nullcontext
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from PIL import Image
@@ -27,16 +27,10 @@ from imagenodes.engine.device import PRECISION_ALIASES, cpu_threads, pick_device
 from imagenodes.engine.job import IMAGE_TO_IMAGE, INSTRUCT_EDIT, Generation, ImageJob
 from imagenodes.engine.notices import Notice
 from imagenodes.engine.profiles import ModelProfile
-from imagenodes.engine.request import GenerationRequest, draw_seed
+from imagenodes.engine.request import Control, GenerationRequest, draw_seed
 from imagenodes.engine.routing import ResolvedModel, adapt, route
 from imagenodes.engine.status import memory_status
 from imagenodes.errors import ConnectionConfigError, GenerationFailed, ImageNodesError
-
-
-class Control(Protocol):
-    def emit(self, type: str, **data: Any) -> None: ...
-
-    def check(self) -> None: ...
 
 
 class _NullControl:

@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
 from PIL import Image
 
 MAX_SEED = 2**32 - 1
+
+
+class Control(Protocol):
+    """What the engine reports progress to and asks whether to stop (a run's
+    ``ctx.util``; a batch's fan-out to its members)."""
+
+    def emit(self, type: str, **data: Any) -> None: ...
+
+    def check(self) -> None: ...
 
 
 def draw_seed() -> int:

@@ -79,8 +79,14 @@ _MEDIA_TYPES = {
     "bmp": "image/bmp",
     "tiff": "image/tiff",
 }
-_FORMAT_EXT = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp", "GIF": "gif", "BMP": "bmp"}
-_FORMAT_EXT["TIFF"] = "tiff"
+_FORMAT_EXT = {
+    "PNG": "png",
+    "JPEG": "jpg",
+    "WEBP": "webp",
+    "GIF": "gif",
+    "BMP": "bmp",
+    "TIFF": "tiff",
+}
 
 
 # -- request and response models (they are the OpenAPI document) ----------------------
