@@ -93,3 +93,21 @@ def test_unknown_node_is_a_coded_error(host: Host) -> None:
         host.run("no_such_node", {})
     assert info.value.code == "UNKNOWN_NODE"
     assert "generate_image_v2" in info.value.message
+
+
+def test_image_fields_mark_the_sockets_a_builder_wires(host: Host) -> None:
+    """Image-ness is not a schema keyword (seed schemas stay exact), so the entry says
+    which inputs and outputs are images, singly or as lists."""
+    entries = {e["id"]: e for e in host.catalog()}
+    assert entries["image_to_image"]["image_fields"] == {
+        "inputs": {"source_image": "single"},
+        "outputs": {"images": "list"},
+    }
+    assert entries["image_generation"]["image_fields"]["inputs"] == {"image_sources": "list"}
+    assert entries["generate_image_v2"]["image_fields"] == {
+        "inputs": {},
+        "outputs": {"images": "list"},
+    }
+    # A third-party pack's output typed ImageRef is a socket too.
+    assert entries["checkerboard"]["image_fields"]["outputs"] == {"image": "single"}
+    assert entries["create_session"]["image_fields"] == {"inputs": {}, "outputs": {}}

@@ -38,6 +38,7 @@ from imagenodes.sdk import (
     Exact,
     ImageJob,
     ImageNodesError,
+    ImageRef,
     Node,
     NodeInput,
     NodeOutput,
@@ -126,7 +127,7 @@ class GenerateImageOutput(NodeOutput):
     """The seed's ``content`` list, plus the image's workspace reference."""
 
     content: list[ImageContent]
-    images: list[str] = Field(description="Workspace references of the images in content.")
+    images: list[ImageRef] = Field(description="Workspace references of the images in content.")
     sessionId: str | None = None
 
 

@@ -26,7 +26,7 @@ from imagenodes.nodes.common import (
     seed_model_config,
     steps_field,
 )
-from imagenodes.sdk import Aspect, ImageJob, Node, RunContext, hookimpl
+from imagenodes.sdk import Aspect, ImageJob, ImageRef, Node, RunContext, hookimpl
 
 AspectRatio = Literal[
     "1:1",
@@ -70,7 +70,7 @@ class GenerateImageV2NodeOutput(BaseModel):
 
     model_config = seed_model_config("GenerateImageV2NodeOutput")
 
-    images: list[str] = images_output_field()
+    images: list[ImageRef] = images_output_field()
 
 
 class GenerateImageV2(Node[GenerateImageV2NodeInput, GenerateImageV2NodeOutput]):

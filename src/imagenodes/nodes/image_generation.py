@@ -103,7 +103,7 @@ class ImageGenerationInput(NodeInput):
 class ImageGenerationOutput(NodeOutput):
     """The generated images as workspace file references."""
 
-    images: list[str] = Field(title="Images", description="Workspace file references.")
+    images: list[ImageRef] = Field(title="Images", description="Workspace file references.")
     cached: bool = Field(
         default=False,
         title="From cache",

@@ -29,6 +29,7 @@ from imagenodes.sdk import (
     Exact,
     ImageJob,
     ImageNodesError,
+    ImageRef,
     InputError,
     ModelInfo,
     Node,
@@ -208,13 +209,13 @@ class RequestResult(NodeOutput):
     width: int
     height: int
     seeds: list[int]
-    images: list[str] = Field(description="Workspace file references.")
+    images: list[ImageRef] = Field(description="Workspace file references.")
 
 
 class ImageGeneratorOutput(NodeOutput):
     """All images (flat, request order) and the same images grouped per request."""
 
-    images: list[str] = Field(title="Images", description="Every image, in request order.")
+    images: list[ImageRef] = Field(title="Images", description="Every image, in request order.")
     requests: list[RequestResult] = Field(title="Per request")
     pipelineCalls: int = Field(title="Pipeline calls", description="Diffusers calls made.")
     groups: int = Field(title="Groups", description="Batches the requests were grouped into.")

@@ -80,7 +80,7 @@ class ImageToImageNodeOutput(BaseModel):
 
     model_config = seed_model_config("ImageToImageNodeOutput")
 
-    images: list[str] = images_output_field()
+    images: list[ImageRef] = images_output_field()
 
 
 class ImageToImage(Node[ImageToImageNodeInput, ImageToImageNodeOutput]):

@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from imagenodes.sdk import Node
+from pydantic import BaseModel
+
+from imagenodes.sdk import Node, image_ref_fields
 
 if TYPE_CHECKING:
     from imagenodes.engine.profiles import ModelProfile
@@ -43,7 +45,20 @@ def catalog_entry(
         "input_schema": cls.input_schema(view),
         "output_schema": cls.output_schema(),
         "connections": [req.to_dict() for req in cls.connections],
+        "image_fields": {
+            "inputs": _image_fields(cls.Input),
+            "outputs": _image_fields(cls.Output),
+        },
         "timeout": cls.timeout,
         "provider": provider,
         "availability": availability,
     }
+
+
+def _image_fields(model: type[BaseModel]) -> dict[str, str]:
+    """``{field: "single" | "list"}`` for the ``ImageRef`` fields of ``model``.
+
+    The seeds' schemas must stay byte-for-byte, so image-ness cannot be a schema
+    keyword; a builder reads it here to turn those fields into sockets.
+    """
+    return {name: "list" if many else "single" for name, many in image_ref_fields(model).items()}

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from PIL import Image, ImageDraw
 from pydantic import Field
 
-from imagenodes import Node, NodeInput, NodeOutput, RunContext, hookimpl
+from imagenodes import ImageRef, Node, NodeInput, NodeOutput, RunContext, hookimpl
 
 
 class CheckerboardInput(NodeInput):
@@ -23,7 +23,7 @@ class CheckerboardInput(NodeInput):
 class CheckerboardOutput(NodeOutput):
     """Checkerboard output."""
 
-    image: str = Field(title="Image", description="Workspace file reference.")
+    image: ImageRef = Field(title="Image", description="Workspace file reference.")
 
 
 class Checkerboard(Node[CheckerboardInput, CheckerboardOutput]):
