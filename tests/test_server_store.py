@@ -1,17 +1,50 @@
-"""The job store and the restart policy, without HTTP (fast tier: no torch)."""
+"""The job store and the restart policy, without HTTP (fast tier: no torch).
+
+Every behavioural test runs on both stores: the embedded SQLite one and PostgreSQL (a
+real server started by tests/pg.py; skipped, saying why, where there is none).  The
+tests after them are about sharing: several store instances on one database stand for
+several processes.
+"""
 
 from __future__ import annotations
 
+import json
+import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from imagenodes import Host
-from imagenodes.errors import JobConflict, QueueFull
+from imagenodes.errors import InputError, JobConflict, QueueFull
+from imagenodes.server.backends import open_store
 from imagenodes.server.service import JobService, body_hash
 from imagenodes.server.settings import ServerSettings
-from imagenodes.server.store import JobRecord, SQLiteJobStore
+from imagenodes.server.store import JobRecord, SQLiteJobStore, SQLJobStore
+
+pytest_plugins = ["tests.pg"]
+
+#: ``open_store()`` opens (or re-opens) one test's queue; several calls on PostgreSQL are
+#: several "processes" on one database.
+OpenStore = Callable[[], SQLJobStore]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def open_queue(request: pytest.FixtureRequest, tmp_path: Path) -> OpenStore:
+    opened: list[SQLJobStore] = []
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'q.sqlite3'}"
+    else:
+        url = request.getfixturevalue("pg_url")
+
+    def open_() -> SQLJobStore:
+        opened.append(open_store(url, tmp_path / "state"))
+        return opened[-1]
+
+    request.addfinalizer(lambda: [store.close() for store in opened])
+    return open_
 
 
 def record(job_id: str, body: dict | None = None) -> JobRecord:
@@ -27,8 +60,8 @@ def record(job_id: str, body: dict | None = None) -> JobRecord:
     )
 
 
-def test_claims_are_fifo_and_events_are_numbered_per_job(tmp_path: Path) -> None:
-    store = SQLiteJobStore(tmp_path / "q.sqlite3")
+def test_claims_are_fifo_and_events_are_numbered_per_job(open_queue: OpenStore) -> None:
+    store = open_queue()
     for job_id in ("a", "b", "c"):
         store.create(record(job_id), max_queue=None)
     assert [store.position(j) for j in "abc"] == [0, 1, 2]
@@ -47,8 +80,10 @@ def test_claims_are_fifo_and_events_are_numbered_per_job(tmp_path: Path) -> None
     }
 
 
-def test_same_id_same_body_is_the_same_job_and_the_queue_is_bounded(tmp_path: Path) -> None:
-    store = SQLiteJobStore(tmp_path / "q.sqlite3")
+def test_same_id_same_body_is_the_same_job_and_the_queue_is_bounded(
+    open_queue: OpenStore,
+) -> None:
+    store = open_queue()
     first, created = store.create(record("a"), max_queue=2)
     again, created_again = store.create(record("a"), max_queue=2)
     assert created and not created_again and again.created == first.created
@@ -59,11 +94,11 @@ def test_same_id_same_body_is_the_same_job_and_the_queue_is_bounded(tmp_path: Pa
         store.create(record("c"), max_queue=2)
 
 
-def test_the_queue_survives_reopening(tmp_path: Path) -> None:
-    store = SQLiteJobStore(tmp_path / "q.sqlite3")
+def test_the_queue_survives_reopening(open_queue: OpenStore) -> None:
+    store = open_queue()
     store.create(record("a"), max_queue=None)
     store.close()
-    reopened = SQLiteJobStore(tmp_path / "q.sqlite3")
+    reopened = open_queue()
     assert reopened.get("a").status == "queued"  # type: ignore[union-attr]
     assert [e.type for e in reopened.events("a")] == ["job.queued"]
 
@@ -72,13 +107,17 @@ def test_the_queue_survives_reopening(tmp_path: Path) -> None:
     ("policy", "attempts", "status"),
     [("requeue", 1, "queued"), ("requeue", 3, "failed"), ("fail", 1, "failed")],
 )
-def test_restart_policy(tmp_path: Path, policy: str, attempts: int, status: str) -> None:
-    store = SQLiteJobStore(tmp_path / "q.sqlite3")
+def test_restart_policy(
+    open_queue: OpenStore, tmp_path: Path, policy: str, attempts: int, status: str
+) -> None:
+    store = open_queue()
     store.create(record("a"), max_queue=None)
-    store.claim("dead-process", 30)  # claimed ``attempts`` times before this crash
+    # An expired lease (on a shared queue only those are orphans; on SQLite every
+    # running job is one at start-up).
+    store.claim("dead-process", -1)  # claimed ``attempts`` times before this crash
     for _ in range(attempts - 1):
         store.requeue("a", count_attempt=True, reason="restart")
-        store.claim("dead-process", 30)
+        store.claim("dead-process", -1)
     settings = ServerSettings(on_restart=policy, max_attempts=3)  # type: ignore[arg-type]
     JobService(Host(tmp_path / "ws"), settings, store).recover()
     job = store.get("a")
@@ -103,3 +142,147 @@ def test_nodes_say_where_their_seeds_are(tmp_path: Path) -> None:
     assert isinstance(first["seed"], int) and second["seed"] == 3
     assert "seed" not in generator  # image_generator has no top-level seed
     assert host.node("checkerboard").with_seeds({"size": 16}) == {"size": 16}
+
+
+def test_cancel_fifo_requeue_and_files(open_queue: OpenStore) -> None:
+    store = open_queue()
+    store.create(record("a"), max_queue=None)
+    store.create(record("b"), max_queue=None)
+    assert store.cancel_queued("a") and not store.cancel_queued("a")
+    claimed = store.claim("w", 30)
+    assert claimed is not None and claimed.id == "b" and claimed.lease_owner == "w"
+    assert store.heartbeat("b", "w", 30) == "held"
+    store.request_cancel("b")
+    assert store.heartbeat("b", "w", 30) == "cancel"
+    assert store.heartbeat("b", "someone-else", 30) == "lost"
+    assert store.requeue("b", count_attempt=False, reason="shutdown", claim=claimed)
+    again = store.get("b")
+    assert again is not None and (again.status, again.attempts) == ("queued", 0)
+    assert not again.cancel_requested
+    # The old claim no longer holds: its owner cannot finish or re-queue the job.
+    assert not store.finish("b", "succeeded", result={}, claim=claimed)
+    assert not store.requeue("b", count_attempt=True, reason="restart", claim=claimed)
+    assert [job.id for job in store.list_jobs(status=None, after=None, limit=10)] == ["b", "a"]
+    assert [job.id for job in store.list_jobs(status=None, after="b", limit=10)] == ["a"]
+    store.record_file("runs/x/image-0.png", "b")
+    store.record_file("runs/x/image-0.png", "b")  # idempotent
+    assert store.has_file("runs/x/image-0.png") and not store.has_file("runs/y.png")
+    store.set_flag("paused", True)
+    assert store.get_flag("paused") and not store.get_flag("other")
+    store.delete("a")
+    assert store.get("a") is None and store.events("a") == []
+
+
+def test_concurrent_claimers_get_each_job_once(open_queue: OpenStore) -> None:
+    """8 claimers (on PostgreSQL over 2 store instances, as 2 processes would be) take
+    40 jobs: every job is claimed exactly once, none is left."""
+    stores = [open_queue(), open_queue()] if open_queue().shared else [open_queue()]
+    for index in range(40):
+        stores[0].create(record(f"j{index:02d}"), max_queue=None)
+    claimed: list[str] = []
+    lock = threading.Lock()
+
+    def claimer(store: SQLJobStore, owner: str) -> None:
+        while (job := store.claim(owner, 30)) is not None:
+            with lock:
+                claimed.append(job.id)
+
+    with ThreadPoolExecutor(8) as pool:
+        for i in range(8):
+            pool.submit(claimer, stores[i % len(stores)], f"w{i}")
+    assert sorted(claimed) == [f"j{index:02d}" for index in range(40)]
+    assert stores[0].counts()["running"] == 40
+
+
+def test_a_queue_url_names_its_backend(tmp_path: Path) -> None:
+    assert isinstance(open_store(None, tmp_path), SQLiteJobStore)
+    assert (tmp_path / "jobs.sqlite3").is_file()
+    with pytest.raises(InputError) as info:
+        open_store("mysql://root:hunter2@db/q", tmp_path)
+    assert info.value.field == "queue" and "hunter2" not in str(info.value)
+
+
+# -- sharing: several processes on one PostgreSQL database -------------------------------------
+def _wait_for(predicate: Callable[[], bool], limit: float = 10.0) -> None:
+    deadline = time.monotonic() + limit
+    while not predicate():
+        assert time.monotonic() < deadline, "not in time"
+        time.sleep(0.02)
+
+
+def test_other_processes_hear_events_claimable_jobs_and_cancels(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """What LISTEN/NOTIFY carries: an API process's listeners wake on a worker process's
+    events (and not on their own a second time), idle workers wake on a new job, and a
+    cancel reaches the process that runs the job."""
+    api, worker = open_store(pg_url, tmp_path), open_store(pg_url, tmp_path)
+    heard: list[tuple[str, str]] = []
+    cancels: list[str] = []
+    api.on_remote_event = lambda job_id, type: heard.append((job_id, type))
+    worker.on_remote_event = lambda job_id, type: heard.append(("worker heard", type))
+    worker.on_cancel = cancels.append
+    woken = threading.Event()
+
+    def idle_worker() -> None:
+        with worker.wake:
+            woken.set() if worker.wake.wait(timeout=10) else None
+
+    waiter = threading.Thread(target=idle_worker)
+    waiter.start()
+    time.sleep(0.2)  # the waiter is waiting
+    api.create(record("a"), max_queue=None)
+    waiter.join(15)
+    assert woken.is_set()
+    assert worker.claim("w", 30) is not None
+    worker.append_event("a", "node.progress", {"step": 1}, node="checkerboard")
+    _wait_for(lambda: ("a", "node.progress") in heard)
+    assert ("worker heard", "job.queued") in heard  # the api's event, heard by the worker
+    assert ("worker heard", "node.progress") not in heard  # its own is not echoed
+    api.request_cancel("a")
+    _wait_for(lambda: cancels == ["a"])
+    api.close()
+    worker.close()
+
+
+def test_an_expired_lease_is_recovered_by_exactly_one_process(pg_url: str, tmp_path: Path) -> None:
+    """A worker died (its lease ran out): three processes recover at once; the job is
+    re-queued once, with one job.queued(restart) event, and runs again."""
+    stores = [open_store(pg_url, tmp_path) for _ in range(3)]
+    stores[0].create(record("a"), max_queue=None)
+    assert stores[0].claim("dead-worker", 0.2) is not None
+    host = Host(tmp_path / "ws")
+    services = [JobService(host, ServerSettings(max_attempts=3), store) for store in stores]
+    assert stores[0].orphaned(time.time()) == []  # the lease still runs
+    time.sleep(0.3)
+    with ThreadPoolExecutor(3) as pool:
+        list(pool.map(lambda service: service.recover(), services))
+    job = stores[1].get("a")
+    assert job is not None and job.status == "queued" and job.attempts == 1
+    reasons = [e.data.get("reason") for e in stores[2].events("a") if e.type == "job.queued"]
+    assert reasons == [None, "restart"]
+    again = stores[2].claim("live-worker", 30)
+    assert again is not None and again.attempts == 2
+    for store in stores:
+        store.close()
+
+
+@pytest.mark.parametrize(
+    ("argv", "field"),
+    [
+        (["serve", "--workers", "0"], "--workers"),  # API only needs a shared queue
+        (["worker"], "--queue"),
+        (["worker", "--queue", "sqlite:///{tmp}/q.sqlite3"], "--queue"),
+        (["serve", "--queue", "redis://localhost/0"], "queue"),
+        (["serve", "--lease-s", "0"], "--lease-s"),
+    ],
+)
+def test_process_roles_that_cannot_work_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], field: str
+) -> None:
+    from imagenodes.cli import main
+
+    argv = [arg.replace("{tmp}", str(tmp_path)) for arg in argv]
+    assert main([*argv, "--workspace", str(tmp_path / "ws")]) == 2
+    error = json.loads(capsys.readouterr().err)["error"]
+    assert (error["code"], error["field"]) == ("INVALID_INPUT", field)

@@ -5,6 +5,13 @@ them through ``Host.run`` — the one run path every frontend takes — so a job
 same validation, staging, notices and run records as a Python call.  Library events are
 translated into the service's envelope (``model.loading``, ``node.progress``,
 ``image.stored`` …), persisted with a per-job ``seq``, and pushed to whoever listens.
+
+On a shared queue (PostgreSQL) the same service runs in several processes: API-only
+ones (``workers=0``), worker-only ones (``imagenodes worker``) or both.  Each process
+wakes its own listeners for the events it writes and hears the others' through the
+store (``on_remote_event``); a cancel reaches the process running the job through the
+store too (``on_cancel``, and every heartbeat); and every process re-queues jobs whose
+lease ran out (their worker died), guarded so that exactly one of them does it.
 """
 
 from __future__ import annotations
@@ -63,7 +70,8 @@ def file_url(host: Host, ref: str) -> str | None:
 
 
 class _Listeners:
-    """Asyncio listeners per job, woken from worker threads."""
+    """Asyncio listeners per job, woken from worker threads (and, on a shared queue,
+    from the store's notification thread)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -116,6 +124,8 @@ class JobService:
         self.store = store
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.listeners = _Listeners()
+        store.on_remote_event = self.listeners.wake
+        store.on_cancel = self._cancel_local
         self._tokens: dict[str, CancelToken] = {}
         self._tokens_lock = threading.Lock()
         self._stopping = threading.Event()
@@ -130,7 +140,7 @@ class JobService:
         if self.webhooks is not None:
             self.webhooks.start()
         self.recover()
-        for index in range(max(1, self.settings.workers)):
+        for index in range(self.settings.workers):  # 0: an API-only process
             thread = threading.Thread(
                 target=self._work, name=f"imagenodes-worker-{index}", daemon=True
             )
@@ -149,10 +159,8 @@ class JobService:
             tokens = list(self._tokens.values())
         for token in tokens:
             token.cancel("shutdown")
-        wake = getattr(self.store, "wake", None)
-        if wake is not None:
-            with wake:
-                wake.notify_all()
+        with self.store.wake:
+            self.store.wake.notify_all()
         deadline = time.monotonic() + timeout
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
@@ -163,21 +171,28 @@ class JobService:
         """Jobs left running by a process that died: re-queue them (bounded) or fail.
 
         The embedded SQLite queue has one owning process, so at start-up every running
-        job is an orphan, whatever its lease says.
+        job is an orphan, whatever its lease says.  On a shared queue only expired
+        leases are (this runs at start-up and with every heartbeat round), and each
+        change is guarded by the orphan's claim, so of several processes that see the
+        same orphan one re-queues it and the others change nothing.
         """
-        for job in self.store.orphaned(float("inf")):
+        now = time.time() if self.store.shared else float("inf")
+        for job in self.store.orphaned(now):
             requeue = (
                 self.settings.on_restart == "requeue" and job.attempts < self.settings.max_attempts
             )
             if requeue:
-                self.store.requeue(job.id, count_attempt=True, reason="restart")
+                if self.store.requeue(job.id, count_attempt=True, reason="restart", claim=job):
+                    log.warning("job %s re-queued: its worker %s is gone", job.id, job.lease_owner)
                 continue
             error = GenerationFailed(
                 f"the server stopped while this job ran (attempt {job.attempts} of "
                 f"{self.settings.max_attempts}, on_restart={self.settings.on_restart})"
             ).to_dict()
-            self.store.finish(job.id, "failed", error=error)
-            self._emit(job, "job.completed", {"status": "failed", "outputs": None, "error": error})
+            if self.store.finish(job.id, "failed", error=error, claim=job):
+                self._emit(
+                    job, "job.completed", {"status": "failed", "outputs": None, "error": error}
+                )
 
     # -- submission -----------------------------------------------------------------
     def submit(
@@ -236,11 +251,16 @@ class JobService:
             )
             return True
         self.store.request_cancel(job_id)
+        self._cancel_local(job_id)
+        return True
+
+    def _cancel_local(self, job_id: str) -> None:
+        """Stop the job if one of this process's workers runs it (the store calls this
+        when any process asked for the cancel)."""
         with self._tokens_lock:
             token = self._tokens.get(job_id)
         if token is not None:
             token.cancel("cancelled")
-        return True
 
     def retry(self, job_id: str) -> JobRecord:
         job = self.job(job_id)
@@ -317,25 +337,39 @@ class JobService:
 
     # -- workers --------------------------------------------------------------------
     def _work(self) -> None:
-        wake = getattr(self.store, "wake", None)
+        wake = self.store.wake
         while not self._stopping.is_set():
             job = None
-            if not self.store.get_flag("paused"):
-                job = self.store.claim(self.owner, self.settings.lease_s)
+            try:
+                if not self.store.get_flag("paused"):
+                    job = self.store.claim(self.owner, self.settings.lease_s)
+            except Exception:  # the queue's database is away: wait and try again
+                log.exception("claiming a job failed")
+                self._stopping.wait(1.0)
+                continue
             if job is None:
-                if wake is not None:
-                    with wake:
-                        wake.wait(timeout=1.0)
-                else:
-                    self._stopping.wait(0.2)
+                with wake:
+                    wake.wait(timeout=1.0)
                 continue
             self._execute(job)
 
     def _heartbeats(self) -> None:
-        interval = max(0.5, self.settings.lease_s / 3)
+        """Renew the leases of this process's jobs (a cancel requested elsewhere, or a
+        lease taken over, stops the run) and, on a shared queue, recover orphans."""
+        interval = max(0.2, self.settings.lease_s / 3)
         while not self._stopping.wait(interval):
-            for job_id in self.running():
-                self.store.heartbeat(job_id, self.owner, self.settings.lease_s)
+            try:
+                for job_id in self.running():
+                    lease = self.store.heartbeat(job_id, self.owner, self.settings.lease_s)
+                    if lease != "held":
+                        with self._tokens_lock:
+                            token = self._tokens.get(job_id)
+                        if token is not None:
+                            token.cancel("cancelled" if lease == "cancel" else "lease_lost")
+                if self.store.shared:
+                    self.recover()
+            except Exception:  # a database hiccup must not end the heartbeats
+                log.exception("heartbeat failed")
 
     def _execute(self, job: JobRecord) -> None:
         token = CancelToken()
@@ -349,47 +383,57 @@ class JobService:
                 token.cancel("cancelled")
             run_id = uuid.uuid4().hex
             self.store.set_run(job.id, run_id)
-            self._emit(job, "job.started", {"attempt": fresh.attempts, "run_id": run_id})
+            self._emit(
+                job,
+                "job.started",
+                {"attempt": fresh.attempts, "run_id": run_id, "worker": self.owner},
+            )
             try:
                 if token.cancelled:
                     raise Cancelled(f"job {job.id} was cancelled", field=None)
                 result = self._run(job, run_id, token)
             except Cancelled as exc:
-                if token.reason == "shutdown":
-                    self.store.requeue(job.id, count_attempt=False, reason="shutdown")
+                if token.reason == "lease_lost":
+                    log.warning("job %s: lease lost to another worker; result dropped", job.id)
                     return
-                error = exc.to_dict()
-                self.store.finish(job.id, "cancelled", error=error)
-                self._emit(
-                    job, "job.completed", {"status": "cancelled", "outputs": None, "error": error}
-                )
+                if token.reason == "shutdown":
+                    self.store.requeue(job.id, count_attempt=False, reason="shutdown", claim=job)
+                    return
+                self._complete(job, "cancelled", error=exc.to_dict())
                 return
             except ImageNodesError as exc:
-                error = exc.to_dict()
-                self.store.finish(job.id, "failed", error=error)
-                self._emit(
-                    job, "job.completed", {"status": "failed", "outputs": None, "error": error}
-                )
+                self._complete(job, "failed", error=exc.to_dict())
                 return
-            self.store.finish(job.id, "succeeded", result=result)
-            self._emit(
-                job,
-                "job.completed",
-                {
-                    "status": "succeeded",
-                    "outputs": result.get("outputs"),
-                    "error": None,
-                    "timings": result.get("timings"),
-                },
-            )
+            self._complete(job, "succeeded", result=result)
         except Exception:  # the worker must survive anything a job does
             log.exception("worker failed on job %s", job.id)
             error = GenerationFailed(f"job {job.id} failed in the service").to_dict()
-            self.store.finish(job.id, "failed", error=error)
-            self._emit(job, "job.completed", {"status": "failed", "outputs": None, "error": error})
+            self._complete(job, "failed", error=error)
         finally:
             with self._tokens_lock:
                 self._tokens.pop(job.id, None)
+
+    def _complete(
+        self,
+        job: JobRecord,
+        status: str,
+        *,
+        result: dict[str, Any] | None = None,
+        error: dict[str, Any] | None = None,
+    ) -> None:
+        """Store the outcome and emit ``job.completed`` — only while this worker's claim
+        holds: a job whose lease was taken over is another worker's to finish."""
+        if not self.store.finish(job.id, status, result=result, error=error, claim=job):
+            log.warning("job %s: no longer this worker's; its %s outcome dropped", job.id, status)
+            return
+        data: dict[str, Any] = {
+            "status": status,
+            "outputs": result.get("outputs") if result else None,
+            "error": error,
+        }
+        if result is not None:
+            data["timings"] = result.get("timings")
+        self._emit(job, "job.completed", data)
 
     def _run(self, job: JobRecord, run_id: str, token: CancelToken) -> dict[str, Any]:
         body = job.body

@@ -21,8 +21,13 @@ class ServerSettings:
     #: SQLite queue and other service state (default: ``<workspace>/.server`` for local
     #: workspaces, else ``./.imagenodes-server``).
     state_dir: Path | None = None
+    #: The job queue: None (SQLite in the state dir), ``sqlite:///path`` or
+    #: ``postgresql://…``, which several API and worker processes can share.
+    queue: str | None = None
     #: Bearer token every endpoint but /healthz requires (default ``IMAGENODES_TOKEN``).
     token: str | None = None
+    #: Jobs this process runs at once; 0 makes an API-only process (a shared queue's
+    #: workers are other processes: ``imagenodes worker``).
     workers: int = 1
     #: With several workers, compatible jobs arriving within this window share one
     #: pipeline call (cross-request batching); 0 turns it off.
@@ -53,6 +58,9 @@ class ServerSettings:
 
     def resolved_token(self) -> str | None:
         return self.token or os.environ.get(TOKEN_ENV) or None
+
+    def resolved_webhook_secret(self) -> str | None:
+        return self.webhook_secret or os.environ.get(WEBHOOK_SECRET_ENV) or None
 
     def check_bind(self) -> None:
         """Refuse to listen beyond loopback without a token (the default is local only)."""

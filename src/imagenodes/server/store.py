@@ -1,13 +1,18 @@
-"""The durable job queue: a ``JobStore`` protocol and its embedded SQLite implementation.
+"""The durable job queue: a ``JobStore`` protocol, its SQL shared by both backends, and
+the embedded SQLite implementation.
 
 Jobs and their events live in one SQLite file in the state dir (WAL mode, so readers
 never block the writer), which is what lets a builder reconnect to a job's event stream
 after the fact and lets queued jobs survive a crash.  A worker *claims* a job with a
 lease it renews by heartbeats; a job whose lease ran out belonged to a process that
-died, and :meth:`JobStore.recover` re-queues it (bounded attempts) or fails it.
+died, and the service re-queues it (bounded attempts) or fails it.
 
-The protocol is what the PostgreSQL backend of the scale-out issue implements too: the
-service only ever talks to the store through these methods.
+The PostgreSQL backend (:mod:`imagenodes.server.pg_store`, ``--queue postgresql://…``,
+opened by :func:`imagenodes.server.backends.open_store`)
+runs the very same statements (:class:`SQLJobStore`); it only adds what several
+processes on one database need: row locks (``FOR UPDATE SKIP LOCKED``), an advisory lock
+around submissions, and ``NOTIFY`` so other processes learn about new jobs, events and
+cancellations.  The service only ever talks to a store through the protocol's methods.
 """
 
 from __future__ import annotations
@@ -16,7 +21,8 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -26,6 +32,9 @@ from imagenodes.errors import JobConflict, QueueFull
 Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 STATUSES: tuple[str, ...] = ("queued", "running", "succeeded", "failed", "cancelled")
+#: What a heartbeat found: the lease is still ours, ours with a cancel requested, or
+#: gone (the job was recovered and belongs to another claim now).
+Lease = Literal["held", "cancel", "lost"]
 
 
 @dataclass
@@ -73,7 +82,26 @@ class JobEvent:
 
 
 class JobStore(Protocol):
-    """What the service needs from a durable queue."""
+    """What the service needs from a durable queue.
+
+    ``claim`` arguments of :meth:`finish` and :meth:`requeue` are the record as it was
+    claimed: the change then happens only while that claim still holds (status running,
+    same lease owner and attempt), so a worker whose lease was taken over, or two
+    processes recovering the same orphan, cannot both decide a job's fate.
+    """
+
+    #: Several processes share this queue (a running job may belong to a live process
+    #: elsewhere, so only expired leases are orphans).
+    shared: bool
+    #: Called after each event this process wrote (the service wakes its listeners and
+    #: sends the webhook).
+    on_event: Callable[[JobEvent], None] | None
+    #: Called with (job id, event type) for events another process wrote (wake only).
+    on_remote_event: Callable[[str, str], None] | None
+    #: Called with a job id when any process requested that job's cancellation.
+    on_cancel: Callable[[str], None] | None
+    #: Notified when a job becomes claimable (create, requeue, resume).
+    wake: threading.Condition
 
     def create(self, record: JobRecord, *, max_queue: int | None) -> tuple[JobRecord, bool]: ...
 
@@ -85,7 +113,7 @@ class JobStore(Protocol):
 
     def claim(self, owner: str, lease_s: float) -> JobRecord | None: ...
 
-    def heartbeat(self, job_id: str, owner: str, lease_s: float) -> None: ...
+    def heartbeat(self, job_id: str, owner: str, lease_s: float) -> Lease: ...
 
     def set_run(self, job_id: str, run_id: str) -> None: ...
 
@@ -96,13 +124,16 @@ class JobStore(Protocol):
         *,
         result: dict[str, Any] | None = None,
         error: dict[str, Any] | None = None,
-    ) -> None: ...
+        claim: JobRecord | None = None,
+    ) -> bool: ...
 
     def cancel_queued(self, job_id: str) -> bool: ...
 
     def request_cancel(self, job_id: str) -> None: ...
 
-    def requeue(self, job_id: str, *, count_attempt: bool, reason: str) -> None: ...
+    def requeue(
+        self, job_id: str, *, count_attempt: bool, reason: str, claim: JobRecord | None = None
+    ) -> bool: ...
 
     def delete(self, job_id: str) -> None: ...
 
@@ -128,14 +159,16 @@ class JobStore(Protocol):
 
     def set_flag(self, name: str, value: bool) -> None: ...
 
-    on_event: Callable[[JobEvent], None] | None
-
     def record_file(self, path: str, job_id: str | None) -> None: ...
 
     def has_file(self, path: str) -> bool: ...
 
+    def close(self) -> None: ...
 
-_SCHEMA = """
+
+#: Both backends' tables; ``{ord}`` is the queue-order column (SQLite: computed under the
+#: store's lock; PostgreSQL: a sequence, since several processes insert at once).
+SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY,
     kind TEXT NOT NULL,
@@ -143,23 +176,24 @@ CREATE TABLE IF NOT EXISTS jobs (
     body TEXT NOT NULL,
     body_hash TEXT NOT NULL,
     status TEXT NOT NULL,
-    created REAL NOT NULL,
+    created DOUBLE PRECISION NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0,
     run_id TEXT,
-    started REAL,
-    finished REAL,
+    started DOUBLE PRECISION,
+    finished DOUBLE PRECISION,
     result TEXT,
     error TEXT,
     cancel_requested INTEGER NOT NULL DEFAULT 0,
     lease_owner TEXT,
-    lease_until REAL,
-    ord INTEGER NOT NULL
+    lease_until DOUBLE PRECISION,
+    ord {ord}
 );
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, ord);
+CREATE INDEX IF NOT EXISTS jobs_ord ON jobs (ord);
 CREATE TABLE IF NOT EXISTS events (
     job_id TEXT NOT NULL,
     seq INTEGER NOT NULL,
-    ts REAL NOT NULL,
+    ts DOUBLE PRECISION NOT NULL,
     type TEXT NOT NULL,
     node TEXT NOT NULL,
     step_id TEXT,
@@ -174,9 +208,11 @@ _COLUMNS = (
     "id, kind, node, body, body_hash, status, created, attempts, run_id, started, finished, "
     "result, error, cancel_requested, lease_owner, lease_until"
 )
+#: The guard of a change made on behalf of a claim (see :class:`JobStore`).
+_CLAIMED = "status = 'running' AND COALESCE(lease_owner, '') = ? AND attempts = ?"
 
 
-def _record(row: tuple[Any, ...]) -> JobRecord:
+def _record(row: Sequence[Any]) -> JobRecord:
     return JobRecord(
         id=row[0],
         kind=row[1],
@@ -197,32 +233,57 @@ def _record(row: tuple[Any, ...]) -> JobRecord:
     )
 
 
-class SQLiteJobStore:
-    """The default store: one SQLite file, one connection guarded by a lock.
+def _claim_args(claim: JobRecord) -> tuple[str, int]:
+    return (claim.lease_owner or "", claim.attempts)
 
-    One process owns the file (the service's workers are threads of it); several
-    processes sharing a queue is the PostgreSQL backend's job.  ``on_event`` is called
-    after each appended event, outside the lock (the service wakes its listeners).
+
+class Cursor(Protocol):
+    """The part of a DB-API cursor the shared SQL uses (``?`` placeholders)."""
+
+    @property
+    def rowcount(self) -> int: ...
+
+    def execute(self, sql: str, args: Sequence[Any] = ()) -> Any: ...
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+
+class SQLJobStore:
+    """The queue's logic in portable SQL, over a backend's transactions.
+
+    A backend gives :meth:`_tx` (one transaction, a cursor taking ``?`` placeholders)
+    and may set the class attributes below; :meth:`_announce` is its hook to tell other
+    processes (inside the transaction, so they hear only what was committed).
     """
 
-    def __init__(
-        self, path: str | Path, *, on_event: Callable[[JobEvent], None] | None = None
-    ) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
-        self._lock = threading.Lock()
-        #: Called after each event is written (the service wakes listeners with it).
+    shared = False
+    #: Appended to the claim's sub-select (PostgreSQL: ``FOR UPDATE SKIP LOCKED``).
+    _SKIP_LOCKED = ""
+    #: The value of a new job's ``ord`` column.
+    _NEXT_ORD = "(SELECT COALESCE(MAX(ord), 0) + 1 FROM jobs)"
+    #: Run first in a submission's transaction (serialises submissions across processes).
+    _LOCK_QUEUE: str | None = None
+    #: Run first when a job's next event number is taken (serialises one job's writers).
+    _LOCK_JOB: str | None = None
+
+    def __init__(self, *, on_event: Callable[[JobEvent], None] | None = None) -> None:
         self.on_event = on_event
-        #: Woken when a job becomes claimable (create, requeue, resume).
+        self.on_remote_event: Callable[[str, str], None] | None = None
+        self.on_cancel: Callable[[str], None] | None = None
         self.wake = threading.Condition()
 
+    @contextmanager
+    def _tx(self) -> Iterator[Cursor]:
+        raise NotImplementedError
+        yield  # pragma: no cover
+
+    def _announce(self, cur: Cursor, kind: str, *words: str) -> None:
+        """Tell other processes (``kind`` is "claimable", "event" or "cancel")."""
+
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        """Release the backend's connections."""
 
     def _notify_claimable(self) -> None:
         with self.wake:
@@ -232,25 +293,24 @@ class SQLiteJobStore:
     def create(self, record: JobRecord, *, max_queue: int | None) -> tuple[JobRecord, bool]:
         """Insert a queued job; an existing id returns (existing, False) when the body
         matches and raises JOB_CONFLICT when it does not (QUEUE_FULL when full)."""
-        with self._lock:
-            row = self._db.execute(
-                f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (record.id,)
-            ).fetchone()
+        with self._tx() as cur:
+            if self._LOCK_QUEUE:
+                cur.execute(self._LOCK_QUEUE)
+            row = cur.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (record.id,)).fetchone()
             if row is not None:
                 existing = _record(row)
                 if existing.body_hash != record.body_hash:
                     raise JobConflict(f"job {record.id} exists with a different body", field="id")
                 return existing, False
             if max_queue is not None:
-                (queued,) = self._db.execute(
+                (queued,) = cur.execute(
                     "SELECT COUNT(*) FROM jobs WHERE status = 'queued'"
                 ).fetchone()
                 if queued >= max_queue:
                     raise QueueFull(f"the queue holds {queued} jobs (max {max_queue})", field=None)
-            (ord_,) = self._db.execute("SELECT COALESCE(MAX(ord), 0) + 1 FROM jobs").fetchone()
-            self._db.execute(
+            cur.execute(
                 "INSERT INTO jobs (id, kind, node, body, body_hash, status, created, ord) "
-                "VALUES (?, ?, ?, ?, ?, 'queued', ?, ?)",
+                f"VALUES (?, ?, ?, ?, ?, 'queued', ?, {self._NEXT_ORD})",
                 (
                     record.id,
                     record.kind,
@@ -258,18 +318,19 @@ class SQLiteJobStore:
                     json.dumps(record.body),
                     record.body_hash,
                     record.created,
-                    ord_,
                 ),
             )
             # The job.queued event is written before any worker can claim the job, so
             # it is always the stream's first event.
-            event = self._append_locked(
+            event = self._append(
+                cur,
                 record.id,
                 "job.queued",
-                {"position": self._position_locked(record.id)},
+                {"position": self._position(cur, record.id)},
                 record.node,
                 None,
             )
+            self._announce(cur, "claimable")
         self._published(event)
         self._notify_claimable()
         created = self.get(record.id)
@@ -277,10 +338,8 @@ class SQLiteJobStore:
         return created, True
 
     def get(self, job_id: str) -> JobRecord | None:
-        with self._lock:
-            row = self._db.execute(
-                f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,)
-            ).fetchone()
+        with self._tx() as cur:
+            row = cur.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return _record(row) if row else None
 
     def list_jobs(self, *, status: str | None, after: str | None, limit: int) -> list[JobRecord]:
@@ -293,39 +352,46 @@ class SQLiteJobStore:
             clauses.append("ord < (SELECT ord FROM jobs WHERE id = ?)")
             args.append(after)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        with self._lock:
-            rows = self._db.execute(
+        with self._tx() as cur:
+            rows = cur.execute(
                 f"SELECT {_COLUMNS} FROM jobs {where} ORDER BY ord DESC LIMIT ?",
                 (*args, limit),
             ).fetchall()
         return [_record(r) for r in rows]
 
     def claim(self, owner: str, lease_s: float) -> JobRecord | None:
-        """The oldest queued job, now running under ``owner``'s lease (None if none)."""
-        now = time.time()
-        with self._lock:
-            row = self._db.execute(
-                "SELECT id FROM jobs WHERE status = 'queued' ORDER BY ord LIMIT 1"
-            ).fetchone()
-            if row is None:
-                return None
-            self._db.execute(
-                "UPDATE jobs SET status = 'running', attempts = attempts + 1, started = ?, "
-                "lease_owner = ?, lease_until = ? WHERE id = ? AND status = 'queued'",
-                (now, owner, now + lease_s, row[0]),
-            )
-        return self.get(row[0])
+        """The oldest queued job, now running under ``owner``'s lease (None if none).
 
-    def heartbeat(self, job_id: str, owner: str, lease_s: float) -> None:
-        with self._lock:
-            self._db.execute(
-                "UPDATE jobs SET lease_until = ? WHERE id = ? AND lease_owner = ?",
+        One statement: the sub-select picks the job (skipping rows another claimer has
+        locked, on PostgreSQL) and the update takes it, so no two claimers get one job.
+        """
+        now = time.time()
+        with self._tx() as cur:
+            row = cur.execute(
+                "UPDATE jobs SET status = 'running', attempts = attempts + 1, started = ?, "
+                "lease_owner = ?, lease_until = ? WHERE status = 'queued' AND id = ("
+                "SELECT id FROM jobs WHERE status = 'queued' ORDER BY ord LIMIT 1"
+                f"{self._SKIP_LOCKED}) RETURNING {_COLUMNS}",
+                (now, owner, now + lease_s),
+            ).fetchone()
+        return _record(row) if row else None
+
+    def heartbeat(self, job_id: str, owner: str, lease_s: float) -> Lease:
+        """Renew ``owner``'s lease on a running job; says whether it still holds and
+        whether a cancel was requested (from any process)."""
+        with self._tx() as cur:
+            row = cur.execute(
+                "UPDATE jobs SET lease_until = ? WHERE id = ? AND lease_owner = ? "
+                "AND status = 'running' RETURNING cancel_requested",
                 (time.time() + lease_s, job_id, owner),
-            )
+            ).fetchone()
+        if row is None:
+            return "lost"
+        return "cancel" if row[0] else "held"
 
     def set_run(self, job_id: str, run_id: str) -> None:
-        with self._lock:
-            self._db.execute("UPDATE jobs SET run_id = ? WHERE id = ?", (run_id, job_id))
+        with self._tx() as cur:
+            cur.execute("UPDATE jobs SET run_id = ? WHERE id = ?", (run_id, job_id))
 
     def finish(
         self,
@@ -334,62 +400,75 @@ class SQLiteJobStore:
         *,
         result: dict[str, Any] | None = None,
         error: dict[str, Any] | None = None,
-    ) -> None:
-        with self._lock:
-            self._db.execute(
+        claim: JobRecord | None = None,
+    ) -> bool:
+        """Record the outcome; False when ``claim`` no longer holds (nothing changed)."""
+        guard, guard_args = (f" AND {_CLAIMED}", _claim_args(claim)) if claim else ("", ())
+        with self._tx() as cur:
+            cur.execute(
                 "UPDATE jobs SET status = ?, finished = ?, result = ?, error = ?, "
-                "lease_owner = NULL, lease_until = NULL WHERE id = ?",
+                f"lease_owner = NULL, lease_until = NULL WHERE id = ?{guard}",
                 (
                     status,
                     time.time(),
                     json.dumps(result) if result is not None else None,
                     json.dumps(error) if error is not None else None,
                     job_id,
+                    *guard_args,
                 ),
             )
+            return bool(cur.rowcount == 1)
 
     def cancel_queued(self, job_id: str) -> bool:
         """Cancel a job that has not started; False when it is no longer queued."""
-        with self._lock:
-            cur = self._db.execute(
+        with self._tx() as cur:
+            cur.execute(
                 "UPDATE jobs SET status = 'cancelled', cancel_requested = 1, finished = ? "
                 "WHERE id = ? AND status = 'queued'",
                 (time.time(), job_id),
             )
-            return cur.rowcount == 1
+            return bool(cur.rowcount == 1)
 
     def request_cancel(self, job_id: str) -> None:
-        with self._lock:
-            self._db.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
+        with self._tx() as cur:
+            cur.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
+            self._announce(cur, "cancel", job_id)
 
-    def requeue(self, job_id: str, *, count_attempt: bool, reason: str) -> None:
+    def requeue(
+        self, job_id: str, *, count_attempt: bool, reason: str, claim: JobRecord | None = None
+    ) -> bool:
         """Back to the queue (retry, restart, shutdown) with a ``job.queued`` event
-        written first; its old result is cleared."""
-        with self._lock:
-            row = self._db.execute("SELECT node FROM jobs WHERE id = ?", (job_id,)).fetchone()
-            if row is None:
-                return
-            self._db.execute(
+        written first; its old result is cleared.  False when the job is gone or
+        ``claim`` no longer holds."""
+        guard, guard_args = (f" AND {_CLAIMED}", _claim_args(claim)) if claim else ("", ())
+        with self._tx() as cur:
+            row = cur.execute(
                 "UPDATE jobs SET status = 'queued', started = NULL, finished = NULL, "
                 "result = NULL, error = NULL, cancel_requested = 0, lease_owner = NULL, "
-                "lease_until = NULL, attempts = CASE WHEN ? THEN attempts ELSE "
-                "MAX(attempts - 1, 0) END WHERE id = ?",
-                (1 if count_attempt else 0, job_id),
-            )
-            event = self._append_locked(
+                "lease_until = NULL, attempts = CASE WHEN ? = 1 THEN attempts "
+                "WHEN attempts > 0 THEN attempts - 1 ELSE 0 END "
+                f"WHERE id = ?{guard} RETURNING node",
+                (1 if count_attempt else 0, job_id, *guard_args),
+            ).fetchone()
+            if row is None:
+                return False
+            event = self._append(
+                cur,
                 job_id,
                 "job.queued",
-                {"position": self._position_locked(job_id), "reason": reason},
+                {"position": self._position(cur, job_id), "reason": reason},
                 row[0],
                 None,
             )
+            self._announce(cur, "claimable")
         self._published(event)
         self._notify_claimable()
+        return True
 
     def delete(self, job_id: str) -> None:
-        with self._lock:
-            self._db.execute("DELETE FROM events WHERE job_id = ?", (job_id,))
-            self._db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+        with self._tx() as cur:
+            cur.execute("DELETE FROM events WHERE job_id = ?", (job_id,))
+            cur.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
 
     # -- events ---------------------------------------------------------------------
     def append_event(
@@ -401,31 +480,41 @@ class SQLiteJobStore:
         node: str,
         step_id: str | None = None,
     ) -> JobEvent:
-        with self._lock:
-            event = self._append_locked(job_id, type, data, node, step_id)
+        with self._tx() as cur:
+            event = self._append(cur, job_id, type, data, node, step_id)
         self._published(event)
         return event
 
-    def _append_locked(
-        self, job_id: str, type: str, data: dict[str, Any], node: str, step_id: str | None
+    def _append(
+        self,
+        cur: Cursor,
+        job_id: str,
+        type: str,
+        data: dict[str, Any],
+        node: str,
+        step_id: str | None,
     ) -> JobEvent:
-        (seq,) = self._db.execute(
+        if self._LOCK_JOB:
+            cur.execute(self._LOCK_JOB, (job_id,))
+        (seq,) = cur.execute(
             "SELECT COALESCE(MAX(seq), 0) + 1 FROM events WHERE job_id = ?", (job_id,)
         ).fetchone()
-        event = JobEvent(job_id, seq, time.time(), type, node, data, step_id)
-        self._db.execute(
+        event = JobEvent(job_id, int(seq), time.time(), type, node, data, step_id)
+        cur.execute(
             "INSERT INTO events (job_id, seq, ts, type, node, step_id, data) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (job_id, seq, event.ts, type, node, step_id, json.dumps(data)),
+            (job_id, event.seq, event.ts, type, node, step_id, json.dumps(data)),
         )
+        self._announce(cur, "event", job_id, type)
         return event
 
     def _published(self, event: JobEvent) -> None:
         if self.on_event is not None:
             self.on_event(event)
 
-    def _position_locked(self, job_id: str) -> int:
-        (ahead,) = self._db.execute(
+    @staticmethod
+    def _position(cur: Cursor, job_id: str) -> int:
+        (ahead,) = cur.execute(
             "SELECT COUNT(*) FROM jobs WHERE status = 'queued' AND ord < "
             "(SELECT ord FROM jobs WHERE id = ?)",
             (job_id,),
@@ -433,8 +522,8 @@ class SQLiteJobStore:
         return int(ahead)
 
     def events(self, job_id: str, *, after: int = 0) -> list[JobEvent]:
-        with self._lock:
-            rows = self._db.execute(
+        with self._tx() as cur:
+            rows = cur.execute(
                 "SELECT seq, ts, type, node, step_id, data FROM events "
                 "WHERE job_id = ? AND seq > ? ORDER BY seq",
                 (job_id, after),
@@ -444,57 +533,105 @@ class SQLiteJobStore:
     # -- queue ----------------------------------------------------------------------
     def position(self, job_id: str) -> int | None:
         """0 = next to run; None when the job is not queued."""
-        with self._lock:
-            row = self._db.execute(
-                "SELECT COUNT(*) FROM jobs WHERE status = 'queued' AND ord < "
-                "(SELECT ord FROM jobs WHERE id = ? AND status = 'queued')",
-                (job_id,),
-            ).fetchone()
-            queued = self._db.execute(
+        with self._tx() as cur:
+            queued = cur.execute(
                 "SELECT 1 FROM jobs WHERE id = ? AND status = 'queued'", (job_id,)
             ).fetchone()
-        return int(row[0]) if queued else None
+            return self._position(cur, job_id) if queued else None
 
     def counts(self) -> dict[str, int]:
-        with self._lock:
-            rows = self._db.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status").fetchall()
+        with self._tx() as cur:
+            rows = cur.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status").fetchall()
         out = dict.fromkeys(STATUSES, 0)
         out.update({status: int(n) for status, n in rows})
         return out
 
     def orphaned(self, now: float) -> list[JobRecord]:
         """Running jobs whose lease ran out: their worker's process is gone."""
-        with self._lock:
-            rows = self._db.execute(
+        with self._tx() as cur:
+            rows = cur.execute(
                 f"SELECT {_COLUMNS} FROM jobs WHERE status = 'running' AND "
                 "(lease_until IS NULL OR lease_until < ?) ORDER BY ord",
-                (now,),
+                (min(now, 1e300),),
             ).fetchall()
         return [_record(r) for r in rows]
 
     def get_flag(self, name: str) -> bool:
-        with self._lock:
-            row = self._db.execute("SELECT value FROM flags WHERE name = ?", (name,)).fetchone()
+        with self._tx() as cur:
+            row = cur.execute("SELECT value FROM flags WHERE name = ?", (name,)).fetchone()
         return bool(row[0]) if row else False
 
     def set_flag(self, name: str, value: bool) -> None:
-        with self._lock:
-            self._db.execute(
+        with self._tx() as cur:
+            cur.execute(
                 "INSERT INTO flags (name, value) VALUES (?, ?) "
-                "ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+                "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
                 (name, int(value)),
             )
+            if not value:
+                self._announce(cur, "claimable")
         if not value:
             self._notify_claimable()
 
     # -- files the service produced (the only ones GET /v1/files serves) -------------
     def record_file(self, path: str, job_id: str | None) -> None:
-        with self._lock:
-            self._db.execute(
-                "INSERT OR IGNORE INTO files (path, job_id) VALUES (?, ?)", (path, job_id)
+        with self._tx() as cur:
+            cur.execute(
+                "INSERT INTO files (path, job_id) VALUES (?, ?) ON CONFLICT (path) DO NOTHING",
+                (path, job_id),
             )
 
     def has_file(self, path: str) -> bool:
-        with self._lock:
-            row = self._db.execute("SELECT 1 FROM files WHERE path = ?", (path,)).fetchone()
+        with self._tx() as cur:
+            row = cur.execute("SELECT 1 FROM files WHERE path = ?", (path,)).fetchone()
         return row is not None
+
+
+class SQLiteJobStore(SQLJobStore):
+    """The default store: one SQLite file, one connection guarded by a lock.
+
+    One process owns the file (the service's workers are threads of it); several
+    processes sharing a queue is the PostgreSQL backend's job.  ``on_event`` is called
+    after each appended event, outside the lock (the service wakes its listeners).
+    """
+
+    def __init__(
+        self, path: str | Path, *, on_event: Callable[[JobEvent], None] | None = None
+    ) -> None:
+        super().__init__(on_event=on_event)
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(SCHEMA.format(ord="INTEGER NOT NULL"))
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[Cursor]:
+        """One transaction under the store's lock (``BEGIN IMMEDIATE``: the write lock
+        up front, so a transaction never has to be retried)."""
+        with self._lock:
+            cur = self._db.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                yield cur
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+            cur.execute("COMMIT")
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password masked (for logs and error messages)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
