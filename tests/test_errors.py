@@ -216,7 +216,7 @@ INPUT_CASES: list[tuple[str, dict[str, Any], str, str, tuple[str, ...]]] = [
         {"image_sources": "one.png"},
         "INVALID_INPUT",
         "image_sources",
-        ("array",),
+        ("a list of at most 8 items",),
     ),
     (
         "image_generation",

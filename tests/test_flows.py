@@ -111,11 +111,17 @@ def seed_flow(model: str, count: int = 3) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def host(make_host: Callable[..., Host], tiny_sd: Path) -> Host:
-    return make_host(tiny_sd, tiny_profile=True, plugins=[PromptPack()])
+    # The flow's baseModel is a caller's value: it names a folder under models_dir.
+    return make_host(
+        tiny_sd,
+        tiny_profile=True,
+        plugins=[PromptPack()],
+        connections={"default": {"models_dir": str(tiny_sd.parent)}},
+    )
 
 
 def test_seed_flow_makes_one_image_per_mapped_prompt(host: Host, tiny_sd: Path) -> None:
-    result = FlowRunner(host).run(seed_flow(str(tiny_sd)), {"promptType": "Cyberpunk world"})
+    result = FlowRunner(host).run(seed_flow(tiny_sd.name), {"promptType": "Cyberpunk world"})
     prompts = result.results["promptsGenerator"]["prompts"]
     generated = result.results["dynamicImageGenerator"]
     assert len(prompts) == 3 and len(generated["images"]) == 3
@@ -131,12 +137,12 @@ def test_seed_flow_makes_one_image_per_mapped_prompt(host: Host, tiny_sd: Path) 
 def test_flow_input_is_validated_against_its_schema(host: Host, tiny_sd: Path) -> None:
     for bad in ({}, {"promptType": "abc"}):
         with pytest.raises(ImageNodesError) as info:
-            FlowRunner(host).run(seed_flow(str(tiny_sd)), bad)
+            FlowRunner(host).run(seed_flow(tiny_sd.name), bad)
         assert info.value.code == "INVALID_INPUT" and info.value.field.startswith("input")
 
 
 def test_step_errors_keep_their_code_and_name_the_step(host: Host, tiny_sd: Path) -> None:
-    flow = seed_flow(str(tiny_sd))
+    flow = seed_flow(tiny_sd.name)
     flow["steps"][1]["parameters"]["images"][0][1]["width"] = 100
     with pytest.raises(ImageNodesError) as info:
         FlowRunner(host).run(flow, {"promptType": "Cyberpunk world"})
@@ -254,7 +260,7 @@ def test_later_steps_only_see_earlier_results(runner: FlowRunner) -> None:
 # -- CLI -------------------------------------------------------------------------------
 def test_flow_run_cli_with_input_data(tiny_sd: Path, tmp_path: Path, capsys) -> None:
     """`imagenodes flow run flow.json --input …` with the prompts as flow input data."""
-    flow = seed_flow(str(tiny_sd), count=2)
+    flow = seed_flow(tiny_sd.name, count=2)
     flow["steps"] = flow["steps"][1:]
     flow["steps"][0]["parameters"]["images"][0][0] = "@Map($.input.prompts)"
     flow["input"] = {
@@ -265,7 +271,10 @@ def test_flow_run_cli_with_input_data(tiny_sd: Path, tmp_path: Path, capsys) -> 
     path = tmp_path / "flow.json"
     path.write_text(json.dumps(flow))
     conns = tmp_path / "connections.toml"
-    conns.write_text(f'[connections.default]\ntype = "local_diffusers"\nmodel = "{tiny_sd}"\n')
+    conns.write_text(
+        f'[connections.default]\ntype = "local_diffusers"\nmodel = "{tiny_sd}"\n'
+        f'models_dir = "{tiny_sd.parent}"\n'
+    )
     out = io.StringIO()
     argv = ["--workspace", str(tmp_path / "ws"), "--connections", str(conns), "flow", "run"]
     code = cli_main(

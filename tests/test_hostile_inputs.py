@@ -200,3 +200,66 @@ def test_a_refused_path_is_shown_as_it_was_refused(tmp_path: Path) -> None:
     with pytest.raises(SourceImageError) as err:
         load_image("https://x.example/../a.png?X-Amz-Signature=secret", ws)
     assert "secret" not in err.value.message
+
+
+# -- §6: a caller's model spec is held to the connection's model policy ----------------
+SMALL_REQ = {"steps": 2, "width": 64, "height": 64, "seed": 1}
+
+
+@pytest.mark.slow
+def test_base_model_paths_outside_the_models_folder_get_one_message(
+    make_host: Any, tiny_sd: Path, tmp_path: Path
+) -> None:
+    """Before: any host path was loaded, and "no model_index.json" vs "neither a local
+    folder nor a hub id" told an existing folder from a missing one."""
+    models = tmp_path / "models"
+    models.mkdir()
+    host = make_host(
+        tiny_sd, tiny_profile=True, connections={"default": {"models_dir": str(models)}}
+    )
+    messages = {}
+    for spec in (
+        str(tiny_sd),  # an existing model folder, by absolute path
+        str(tmp_path),  # an existing folder that is no model
+        "/etc/hostname",  # an existing file
+        "/no/such/model",
+        "../models/x",
+        "~/models",
+        f"{tiny_sd.name}/../{tiny_sd.name}",
+        "missing-name",
+    ):
+        with pytest.raises(ImageNodesError) as err:
+            host.run(
+                "image_generator", {"images": [{"prompt": "x", "baseModel": spec, **SMALL_REQ}]}
+            )
+        assert (err.value.code, err.value.field) == ("CONNECTION_ERROR", "images.0.baseModel")
+        messages[spec] = err.value.message.replace(repr(spec), "<spec>")
+    assert len(set(messages.values())) == 1, messages
+    assert "not an allowed model" in next(iter(messages.values()))
+
+
+@pytest.mark.slow
+def test_base_model_folders_under_models_dir_and_allowed_paths_run(
+    make_host: Any, tiny_sd: Path, tmp_path: Path
+) -> None:
+    models = tmp_path / "models" / "org"
+    models.mkdir(parents=True)
+    (models / "tiny").symlink_to(tiny_sd)  # the admin links a model into models_dir
+    host = make_host(
+        tiny_sd,
+        tiny_profile=True,
+        connections={"default": {"models_dir": str(tmp_path / "models")}},
+    )
+    result = host.run(
+        "image_generator", {"images": [{"prompt": "x", "baseModel": "org/tiny", **SMALL_REQ}]}
+    )
+    assert len(result.outputs["images"]) == 1
+    # The connection's own model may be any path (it is configuration, not input), and
+    # allow_model_paths lets callers name local folders too.
+    trusting = make_host(
+        tiny_sd, tiny_profile=True, connections={"default": {"allow_model_paths": True}}
+    )
+    result = trusting.run(
+        "image_generator", {"images": [{"prompt": "x", "baseModel": str(tiny_sd), **SMALL_REQ}]}
+    )
+    assert len(result.outputs["images"]) == 1

@@ -59,7 +59,12 @@ def build_lora(model_dir: Path, out_dir: Path, seed: int) -> Path:
 
 @pytest.fixture(scope="module")
 def host(make_host: Callable[..., Host], tiny_sd: Path) -> Host:
-    return make_host(tiny_sd, tiny_profile=True, plugins=[Batch2Profile()])
+    return make_host(
+        tiny_sd,
+        tiny_profile=True,
+        plugins=[Batch2Profile()],
+        connections={"default": {"models_dir": str(tiny_sd.parent)}},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -169,7 +174,8 @@ def test_pack_requests_run_first_then_the_extra_images(host: Host, tiny_sd: Path
         "image_generator",
         {
             "inferencePackId": pack["id"],
-            "baseModel": str(tiny_sd),  # global model, applies to the pack's requests too
+            # Global model (a folder under models_dir), applies to the pack's requests too.
+            "baseModel": tiny_sd.name,
             "images": [{"prompt": "extra", "seed": 13, **SMALL}],
         },
     )
@@ -179,7 +185,7 @@ def test_pack_requests_run_first_then_the_extra_images(host: Host, tiny_sd: Path
         ("pack", 1, "pack two"),
         ("images", 0, "extra"),
     ]
-    assert all(r["model"] == str(tiny_sd) for r in reqs)
+    assert all(r["model"] == tiny_sd.name for r in reqs)
     assert len(result.outputs["images"]) == 4
     assert result.outputs["groups"] == 1 and result.outputs["pipelineCalls"] == 2
 

@@ -102,15 +102,39 @@ IMAGE_REF = _ImageRefMarker()
 ImageRef = Annotated[str, IMAGE_REF]
 
 
+#: The longest prompt or negative prompt, in characters.  The longest text window of
+#: any family is T5's 512 tokens (FLUX), about 2000 characters of English; CLIP reads
+#: 77 tokens.  Past the window the engine drops tokens with a PROMPT_TRUNCATED notice;
+#: past this cap the input is refused, so a megabyte of text never reaches a
+#: tokenizer, a PNG chunk or run.json.
+MAX_PROMPT_CHARS = 2000
+
+#: Any other string input (names, ids, free text a pack defines) is refused past this
+#: many characters by the host; ``ImageRef`` fields are exempt (a data URI is an
+#: image, bounded by the image byte cap instead).
+MAX_TEXT_CHARS = 10_000
+
+
 def _non_empty(value: str) -> str:
     if not value.strip():
         raise ValueError("prompt is empty or whitespace-only")
     return value
 
 
+def _capped(value: str) -> str:
+    if len(value) > MAX_PROMPT_CHARS:
+        raise ValueError(f"must be at most {MAX_PROMPT_CHARS} characters (got {len(value)})")
+    return value
+
+
 #: A prompt: a string that is not empty or whitespace-only (EMPTY_PROMPT via
-#: ``field_codes``).  The check adds no keyword to the JSON Schema.
-Prompt = Annotated[str, AfterValidator(_non_empty)]
+#: ``field_codes``) and at most ``MAX_PROMPT_CHARS`` long (INVALID_INPUT).  The checks
+#: add no keyword to the JSON Schema (the seeds' schemas stay exact).
+Prompt = Annotated[str, AfterValidator(_non_empty), AfterValidator(_capped)]
+
+#: Free text sent to a text encoder that may be empty (a negative prompt, a second
+#: prompt): at most ``MAX_PROMPT_CHARS`` long.
+Text = Annotated[str, AfterValidator(_capped)]
 
 
 def image_ref_fields(model: type[BaseModel]) -> dict[str, bool]:
@@ -190,8 +214,13 @@ class Models(Protocol):
         """Route, fit (each change a notice), generate; seeds and timings are recorded."""
         ...
 
-    def lookup(self, model: str | None = None) -> ModelInfo:
-        """The family a model spec routes to (default: the connection's model)."""
+    def lookup(self, model: str | None = None, *, field: str | None = None) -> ModelInfo:
+        """The family a model spec routes to (default: the connection's model).
+
+        Pass ``field`` when the spec is a caller's input: it is then held to the
+        connection's model policy (family names, hub ids, folders under
+        ``models_dir``; any path only with ``allow_model_paths``) and errors name it.
+        Set ``ImageJob.model_field`` likewise when generating."""
         ...
 
     def status(self, *, load: bool = False) -> dict[str, Any]:
@@ -408,7 +437,9 @@ class Node(Generic[InT, OutT]):
 __all__ = [
     "IMAGE_TO_IMAGE",
     "INSTRUCT_EDIT",
+    "MAX_PROMPT_CHARS",
     "MAX_SEED",
+    "MAX_TEXT_CHARS",
     "RATIOS",
     "TEXT_TO_IMAGE",
     "Aspect",
@@ -439,6 +470,7 @@ __all__ = [
     "Prompt",
     "RunContext",
     "SourceImageError",
+    "Text",
     "Training",
     "Util",
     "draw_seed",

@@ -57,6 +57,11 @@ class LocalDiffusersConnection(Connection):
     offline: bool = Field(
         default=True, description="Never contact a model hub; only local files are used."
     )
+    allow_model_paths: bool = Field(
+        default=False,
+        description="Let node inputs (image_generator's baseModel) name any local folder. "
+        "Off: only model family names, hub ids and folders under models_dir.",
+    )
     hub_token: SecretStr | None = Field(
         default=None, description="Token for private hub models (used only when offline=false)."
     )
@@ -70,5 +75,6 @@ class LocalDiffusersConnection(Connection):
             "cpu_threads": self.cpu_threads,
             "models_dir": self.models_dir,
             "offline": self.offline,
+            "allow_model_paths": self.allow_model_paths,
             "token": self.hub_token.get_secret_value() if self.hub_token else None,
         }

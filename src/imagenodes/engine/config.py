@@ -26,6 +26,9 @@ class RuntimeConfig:
     models_dir: str | None = None
     offline: bool = True
     token: str | None = None
+    #: Let a node input (``image_generator``'s ``baseModel``) name any local folder;
+    #: off, callers may name only families, hub ids and folders under ``models_dir``.
+    allow_model_paths: bool = False
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> RuntimeConfig:
@@ -39,5 +42,6 @@ class RuntimeConfig:
         return (
             f"RuntimeConfig(model={self.model!r}, profile={self.profile!r}, "
             f"device={self.device!r}, dtype={self.dtype!r}, cpu_threads={self.cpu_threads!r}, "
-            f"models_dir={self.models_dir!r}, offline={self.offline!r}, token={shown})"
+            f"models_dir={self.models_dir!r}, offline={self.offline!r}, token={shown}, "
+            f"allow_model_paths={self.allow_model_paths!r})"
         )

@@ -27,8 +27,9 @@ from imagenodes.engine.device import PRECISION_ALIASES, cpu_threads, pick_device
 from imagenodes.engine.job import IMAGE_TO_IMAGE, INSTRUCT_EDIT, Generation, ImageJob
 from imagenodes.engine.notices import Notice
 from imagenodes.engine.profiles import ModelProfile
+from imagenodes.engine.prompts import fit_prompts
 from imagenodes.engine.request import Control, GenerationRequest, draw_seed
-from imagenodes.engine.routing import ResolvedModel, adapt, route
+from imagenodes.engine.routing import ResolvedModel, adapt, check_spec, route
 from imagenodes.engine.status import memory_status
 from imagenodes.errors import ConnectionConfigError, GenerationFailed, ImageNodesError
 
@@ -74,22 +75,39 @@ class Engine:
         self.batcher = Batcher(window_ms / 1000) if window_ms > 0 else None
 
     # -- routing --------------------------------------------------------------------
-    def route(self, config: RuntimeConfig, model: str | None = None) -> ResolvedModel:
-        """The family and loadable source of ``model`` (default: the config's model)."""
+    def route(
+        self, config: RuntimeConfig, model: str | None = None, *, field: str | None = None
+    ) -> ResolvedModel:
+        """The family and loadable source of ``model`` (default: the config's model).
+
+        ``field`` says ``model`` is a caller's input (a node field, not the connection's
+        own setting): unless the connection sets ``allow_model_paths`` it must be a
+        family name, a hub id or a folder under ``models_dir``, and every other value
+        gets one message naming ``field`` — the host's folders are not the caller's.
+        """
         spec = model or config.model
-        key = (spec, config.models_dir, config.offline, config.profile)
-        with self._routes_lock:
-            hit = self._routes.get(key)
-        if hit is not None:
-            return hit
-        resolved = route(
-            spec,
-            self.profiles,
-            models_dir=config.models_dir,
-            offline=config.offline,
-            token=config.token,
-            forced_profile=config.profile,
-        )
+        restricted = field is not None and model is not None and not config.allow_model_paths
+        try:
+            if restricted:
+                check_spec(spec, self.profiles, config.models_dir)
+            key = (spec, config.models_dir, config.offline, config.profile, restricted)
+            with self._routes_lock:
+                hit = self._routes.get(key)
+            if hit is not None:
+                return hit
+            resolved = route(
+                spec,
+                self.profiles,
+                models_dir=config.models_dir,
+                offline=config.offline,
+                token=config.token,
+                forced_profile=config.profile,
+                local_paths=not restricted,
+            )
+        except ConnectionConfigError as exc:
+            if field is None or model is None:
+                raise
+            raise ConnectionConfigError(exc.message, field=field, details=exc.details) from None
         with self._routes_lock:
             self._routes[key] = resolved
         return resolved
@@ -183,7 +201,7 @@ class Engine:
         control = control or _NullControl()
         control.check()
         t_route = time.perf_counter()
-        resolved = self.route(config, job.model)
+        resolved = self.route(config, job.model, field=job.model_field)
         route_ms = (time.perf_counter() - t_route) * 1000
         device, dtype = self.placement(config, job.precision)
         adapted = adapt(job, resolved.profile, device=device)
@@ -210,6 +228,8 @@ class Engine:
                 load_ms=round(timings["load_ms"], 1),
             )
             control.check()
+            effective, prompt_notices = fit_prompts(entry.pipeline(effective.task), effective)
+            notices.extend(prompt_notices)
             t1 = time.perf_counter()
             wanted = self.threads_for(config, resolved.profile, device)
             threads_used = cpu_threads(wanted) if device == "cpu" else nullcontext(None)
@@ -237,6 +257,7 @@ class Engine:
         finally:
             self.cache.release(entry)
         notices.extend(split_notices)
+        assert effective.seeds is not None  # set above; fit_prompts keeps them
         return Generation(
             images=images,
             seeds=list(effective.seeds),

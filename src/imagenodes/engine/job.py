@@ -125,6 +125,10 @@ class ImageJob:
     precision: str | None = None
     #: A model spec (preset name, hub id, folder) instead of the connection's model.
     model: str | None = None
+    #: The input field ``model`` came from, when a caller chose it: the spec is then
+    #: held to the connection's model policy and errors name this field.  None: the
+    #: node's own choice (a training's base model, an enum of families).
+    model_field: str | None = None
     explicit: frozenset[str] = frozenset()
 
     @classmethod

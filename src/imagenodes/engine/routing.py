@@ -17,6 +17,8 @@ cannot use and never drops one silently: each change is exactly one
 from __future__ import annotations
 
 import json
+import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,6 +94,34 @@ def _hub_snapshot(repo_id: str, *, offline: bool, token: str | None) -> Path:
         ) from None
 
 
+#: A hub id as a caller may send it: ``org/name``, no path tricks.
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def not_allowed(spec: str, profiles: Mapping[str, ModelProfile]) -> str:
+    """The one message for a caller's model spec outside the connection's policy: the
+    same whether the path exists, is a file or is missing, so it maps nothing."""
+    families = ", ".join(sorted(p for p in profiles if profiles[p].default_model))
+    return (
+        f"{spec!r} is not an allowed model: name a model family ({families}), a hub id "
+        "(org/name) or a folder under the connection's models_dir (local paths elsewhere "
+        "need allow_model_paths on the connection)"
+    )
+
+
+def check_spec(spec: str, profiles: Mapping[str, ModelProfile], config_dir: str | None) -> None:
+    """Refuse a caller's spec that is neither a family name, a hub id nor a plain
+    relative name (looked up under ``models_dir`` only).  String rules only: the
+    file system is not consulted, so the answer tells nothing about the host."""
+    if spec in ("", "embedded", EMBEDDED_MODEL_NAME) or spec in profiles:
+        return
+    parts = spec.replace("\\", "/").split("/")
+    relative = all(part not in ("", ".", "..") for part in parts) and not spec.startswith("~")
+    if relative and (_HUB_ID.fullmatch(spec) or config_dir):
+        return
+    raise ConnectionConfigError(not_allowed(spec, profiles), field="model")
+
+
 def locate(
     spec: str,
     profiles: Mapping[str, ModelProfile],
@@ -99,8 +129,13 @@ def locate(
     models_dir: str | None = None,
     offline: bool = True,
     token: str | None = None,
+    local_paths: bool = True,
 ) -> Path:
-    """The local folder for a model spec (preset name, path or hub id)."""
+    """The local folder for a model spec (preset name, path or hub id).
+
+    ``local_paths=False`` (a caller's spec, not the connection's): no folder outside
+    ``models_dir`` is looked at, and a name found nowhere is :func:`not_allowed`.
+    """
     if spec in ("", "embedded", EMBEDDED_MODEL_NAME):
         return embedded_model_path()
     profile = profiles.get(spec)
@@ -109,9 +144,17 @@ def locate(
             profile.default_model, profiles, models_dir=models_dir, offline=offline, token=token
         )
     if models_dir:
-        candidate = Path(models_dir).expanduser() / spec
-        if (candidate / "model_index.json").is_file():
+        # Lexically inside (check_spec refused "..", "~" and absolute specs for callers);
+        # links the admin put into models_dir are followed on purpose.
+        root = Path(models_dir).expanduser()
+        candidate = root / spec
+        inside = Path(os.path.normpath(candidate)).is_relative_to(os.path.normpath(root))
+        if (inside or local_paths) and (candidate / "model_index.json").is_file():
             return candidate
+    if not local_paths:
+        if _HUB_ID.fullmatch(spec):
+            return _hub_snapshot(spec, offline=offline, token=token)
+        raise ConnectionConfigError(not_allowed(spec, profiles), field="model")
     path = Path(spec).expanduser()
     if path.is_dir():
         if not (path / "model_index.json").is_file():
@@ -208,8 +251,16 @@ def route(
     offline: bool = True,
     token: str | None = None,
     forced_profile: str | None = None,
+    local_paths: bool = True,
 ) -> ResolvedModel:
-    folder = locate(spec, profiles, models_dir=models_dir, offline=offline, token=token)
+    folder = locate(
+        spec,
+        profiles,
+        models_dir=models_dir,
+        offline=offline,
+        token=token,
+        local_paths=local_paths,
+    )
     class_name = read_class_name(folder)
     profile = pick_profile(spec, folder, class_name, profiles, forced_profile)
     return ResolvedModel(
@@ -224,6 +275,15 @@ def _ignored(field: str, value: Any, profile: ModelProfile, why: str) -> Notice:
 
 def _clamp(value: float, lo: float, hi: float) -> float:
     return min(max(value, lo), hi)
+
+
+def original_size(image: Image.Image) -> tuple[int, int]:
+    """The size a source had before it was shrunk at decoding (the workspace records
+    it as ``info["source_size"]``): a size "from the source" means the original."""
+    size = image.info.get("source_size")
+    if isinstance(size, tuple) and len(size) == 2 and all(isinstance(v, int) for v in size):
+        return size
+    return image.size
 
 
 def source_size(source: tuple[int, int], width: int, height: int) -> tuple[int, int]:
@@ -288,10 +348,10 @@ def _fit_size(job: ImageJob, profile: ModelProfile, notices: list[Notice]) -> tu
     elif isinstance(size, FromSource):
         if first is None:
             raise GenerationFailed("a size from the source needs a source image", field="size")
-        w, h = source_size(first.size, size.width, size.height)
+        w, h = source_size(original_size(first), size.width, size.height)
         field = size.field
     elif first is not None:
-        (w, h), field = first.size, "width/height"
+        (w, h), field = original_size(first), "width/height"
     else:
         w = h = profile.native_resolution
         field = "width/height"

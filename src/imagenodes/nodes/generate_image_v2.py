@@ -26,7 +26,7 @@ from imagenodes.nodes.common import (
     seed_model_config,
     steps_field,
 )
-from imagenodes.sdk import Aspect, ImageJob, ImageRef, Node, RunContext, hookimpl
+from imagenodes.sdk import Aspect, ImageJob, ImageRef, Node, RunContext, Text, hookimpl
 
 AspectRatio = Literal[
     "1:1",
@@ -53,7 +53,7 @@ class GenerateImageV2NodeInput(BaseModel):
     model_config = seed_model_config("GenerateImageV2NodeInput")
 
     prompt: Prompt = prompt_field()
-    negative_prompt: str = negative_prompt_field()
+    negative_prompt: Text = negative_prompt_field()
     guidance_scale: float = guidance_field(8)
     steps: int = steps_field()
     batch_size: int = batch_size_field()

@@ -30,10 +30,14 @@ from imagenodes.sdk import (
     NodeOutput,
     Prompt,
     RunContext,
+    Text,
     hookimpl,
 )
 
 DEFAULT_ASPECT = "1:1"
+#: Blending more than a few sources gives mud, and each one is a download and a decode:
+#: the seeds' builders take a handful, so 8 bounds a request's work and memory.
+MAX_SOURCES = 8
 SIZES: dict[str, int | None] = {"native": None, "1K": 1024, "2K": 2048}
 
 
@@ -52,9 +56,10 @@ class ImageGenerationInput(NodeInput):
     )
     image_sources: list[ImageRef] = Field(
         default_factory=list,
+        max_length=MAX_SOURCES,
         title="Image source",
-        description="Optional images to edit (one) or blend (several): workspace file "
-        "references from earlier steps, workspace paths, http(s) URLs or data URIs.",
+        description=f"Optional images to edit (one) or blend (up to {MAX_SOURCES}): workspace "
+        "file references from earlier steps, workspace paths, http(s) URLs or data URIs.",
     )
     aspect_ratio: str = Field(
         default=DEFAULT_ASPECT,
@@ -75,7 +80,7 @@ class ImageGenerationInput(NodeInput):
         description="How many variations to create. Adjusted to the model's supported range "
         "(reported in the result).",
     )
-    negative_prompt: str | None = Field(
+    negative_prompt: Text | None = Field(
         default=None, title="Negative prompt", description="What to keep out of the image."
     )
     strength: float = Field(

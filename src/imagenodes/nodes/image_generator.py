@@ -38,6 +38,7 @@ from imagenodes.sdk import (
     Notice,
     Prompt,
     RunContext,
+    Text,
     Training,
     draw_seed,
     hookimpl,
@@ -92,9 +93,10 @@ class ImageRequest(NodeInput):
     baseModel: str | None = Field(
         default=None,
         title="Base model",
-        description="A Hugging Face model id (e.g. stable-diffusion-v1-5/stable-diffusion-v1-5) "
-        "or a local diffusers folder; overrides the global baseModel. Without any, the "
-        "training's base model or the connection's model is used.",
+        description="A Hugging Face model id (e.g. stable-diffusion-v1-5/stable-diffusion-v1-5), "
+        "a model family name, or a folder under the connection's models_dir; overrides the "
+        "global baseModel. Without any, the training's base model or the connection's model "
+        "is used.",
     )
     trainingId: str | None = Field(
         default=None,
@@ -102,7 +104,7 @@ class ImageRequest(NodeInput):
         description="UUID of a training registered in the workspace (`imagenodes trainings "
         "add`). Takes precedence over baseModel: the trained adapter is applied.",
     )
-    negativePrompt: str | None = Field(
+    negativePrompt: Text | None = Field(
         default=None, title="Negative prompt", description=NEGATIVE_PROMPT_DESCRIPTION
     )
     steps: int = Field(
@@ -230,6 +232,9 @@ class _Planned:
     where: str  # field prefix for errors: images.3 / pack.images.0
     request: ImageRequest
     spec: str | None = None
+    #: The input field ``spec`` came from when the caller named it (baseModel): the
+    #: connection's model policy applies.  None: the connection's or a training's.
+    spec_field: str | None = None
     resolved: ModelInfo | None = None
     training: dict[str, Any] | None = None
     lora_path: str | None = None
@@ -344,7 +349,7 @@ class ImageGenerator(Node[ImageGeneratorInput, ImageGeneratorOutput]):
         """Trainings and models of every request, before anything is generated, so a bad
         id in request 40 fails the run before 39 requests were computed for nothing."""
         trainings = ctx.library.trainings
-        models: dict[str | None, ModelInfo] = {}
+        models: dict[tuple[str | None, bool], ModelInfo] = {}
         for item in plan:
             req = item.request
             if req.trainingId:
@@ -358,20 +363,23 @@ class ImageGenerator(Node[ImageGeneratorInput, ImageGeneratorOutput]):
             base = (item.training or {}).get("base_model")
             if req.baseModel:
                 item.spec, where = req.baseModel, f"{item.where}.baseModel"
+                item.spec_field = where
             elif inputs.baseModel:
                 item.spec, where = inputs.baseModel, "baseModel"
+                item.spec_field = where
             elif base:
                 item.spec, where = base, f"{item.where}.trainingId"
             else:
                 item.spec, where = None, "model"  # the connection's model
-            if item.spec not in models:
+            key = (item.spec, item.spec_field is not None)
+            if key not in models:
                 try:
-                    models[item.spec] = ctx.models.lookup(item.spec)
+                    models[key] = ctx.models.lookup(item.spec, field=item.spec_field)
                 except ConnectionConfigError as exc:
                     raise ConnectionConfigError(
                         f"{where}: {exc.message}", field=where, details=exc.details
                     ) from None
-            item.resolved = models[item.spec]
+            item.resolved = models[key]
             if base and item.spec and item.spec != base:
                 ctx.util.notice(
                     Notice(
@@ -413,6 +421,7 @@ class ImageGenerator(Node[ImageGeneratorInput, ImageGeneratorOutput]):
             precision=req.precision,
             training=Training(first.lora_path, req.scale) if first.lora_path else None,
             model=first.spec,
+            model_field=first.spec_field,
             explicit=frozenset(
                 name
                 for item in members

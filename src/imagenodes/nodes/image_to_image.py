@@ -35,6 +35,7 @@ from imagenodes.sdk import (
     ImageRef,
     Node,
     RunContext,
+    Text,
     hookimpl,
 )
 
@@ -49,10 +50,10 @@ class ImageToImageNodeInput(BaseModel):
         description="The image to use as the source for the image to image generation.",
     )
     prompt: Prompt = prompt_field()
-    prompt_2: str | None = Field(
+    prompt_2: Text | None = Field(
         default=None, title="Prompt 2", description="A second prompt to guide the image generation."
     )
-    negative_prompt: str = negative_prompt_field()
+    negative_prompt: Text = negative_prompt_field()
     guidance_scale: float = guidance_field(7.5)
     image_guidance_scale: float = Field(
         default=1.5,

@@ -161,12 +161,16 @@ class RunImages:
         util: RunUtil,
         record: RunRecord,
         url_policy: UrlPolicy | None = None,
+        source_max_side: int | None = None,
     ) -> None:
         self._run_id = run_id
         self._node_id = node_id
         self._node_version = node_version
         self._workspace = workspace
         self._url_policy = url_policy
+        #: Sources are shrunk to this long side as they are decoded (the largest size
+        #: a registered family generates), so memory does not grow with their count.
+        self._max_side = source_max_side
         self._staging = staging
         self._util = util
         self._record = record
@@ -175,7 +179,12 @@ class RunImages:
 
     def preload(self, value: str, field: str) -> Image.Image:
         """Load an ``ImageRef`` input; errors name ``field`` (the host calls this)."""
-        from imagenodes.workspace import DEFAULT_POLICY, DEFAULT_TIMEOUT, load_image
+        from imagenodes.workspace import (
+            DEFAULT_POLICY,
+            DEFAULT_TIMEOUT,
+            SOURCE_MAX_SIDE,
+            load_image,
+        )
 
         hit = self._loaded.get(value)
         if hit is not None:
@@ -188,6 +197,7 @@ class RunImages:
             field=field,
             url_policy=self._url_policy or DEFAULT_POLICY,
             timeout=DEFAULT_TIMEOUT if left is None else min(DEFAULT_TIMEOUT, left),
+            max_side=self._max_side or SOURCE_MAX_SIDE,
         )
         self._loaded[value] = (field, image)
         return image
@@ -274,8 +284,8 @@ class RunModels:
         self._record.add_generation(result)
         return result
 
-    def lookup(self, model: str | None = None) -> ModelInfo:
-        return self._engine().route(self._config(), model).info()
+    def lookup(self, model: str | None = None, *, field: str | None = None) -> ModelInfo:
+        return self._engine().route(self._config(), model, field=field).info()
 
     def status(self, *, load: bool = False) -> dict[str, Any]:
         config: RuntimeConfig | ConnectionConfigError

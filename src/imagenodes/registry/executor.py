@@ -140,9 +140,11 @@ class Executor:
         packs: InferencePackStore,
         sessions: SessionStore,
         url_policy: UrlPolicy | None = None,
+        source_max_side: int | None = None,
     ) -> None:
         self.workspace = workspace
         self.url_policy = url_policy
+        self.source_max_side = source_max_side
         self._engine = engine
         self._trainings = trainings
         self._packs = packs
@@ -216,6 +218,7 @@ class Executor:
                 util=util,
                 record=record,
                 url_policy=self.url_policy,
+                source_max_side=self.source_max_side,
             )
             ctx = HostRunContext(
                 run_id=run_id,

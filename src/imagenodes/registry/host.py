@@ -32,8 +32,14 @@ from imagenodes.registry.context import CancelToken
 from imagenodes.registry.events import Event
 from imagenodes.registry.executor import Executor, RunResult
 from imagenodes.registry.plugins import PluginLoader
-from imagenodes.registry.validation import check_choices, check_text, pack_validator, to_error
-from imagenodes.sdk import Node
+from imagenodes.registry.validation import (
+    check_choices,
+    check_lengths,
+    check_text,
+    pack_validator,
+    to_error,
+)
+from imagenodes.sdk import Node, image_ref_fields
 
 if TYPE_CHECKING:
     from imagenodes.engine.engine import Engine
@@ -76,7 +82,7 @@ class Host:
         url_policy: UrlPolicy | None = None,
         sweep_after_s: float | None = 3600.0,
     ) -> None:
-        from imagenodes.workspace import Workspace
+        from imagenodes.workspace import SOURCE_MAX_SIDE, Workspace
 
         self.plugins = PluginLoader(load_entrypoints=load_entrypoints, plugins=plugins)
         #: What the plugin packs registered (nodes, connection types, model profiles).
@@ -127,6 +133,11 @@ class Host:
             packs=self.packs,
             sessions=self.sessions,
             url_policy=url_policy,
+            # Sources are shrunk as decoded to the largest size any family generates.
+            source_max_side=max(
+                (p.max_resolution for p in self.registered.profiles.values()),
+                default=SOURCE_MAX_SIDE,
+            ),
         )
 
     @property
@@ -209,6 +220,7 @@ class Host:
         except ValidationError as exc:
             err = to_error(exc, cls.Input, cls.field_codes, schema=cls.input_schema(self._view))
             raise cls.localise_error(err) from None
+        check_lengths(inputs, image_fields=image_ref_fields(cls.Input))
         check_choices(cls, validated, self._view)
         return validated
 

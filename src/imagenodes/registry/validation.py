@@ -9,13 +9,13 @@ message can never drift from the range in the form.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
 from imagenodes.errors import ImageNodesError, InputError
-from imagenodes.sdk import Catalog, Node
+from imagenodes.sdk import MAX_TEXT_CHARS, Catalog, Node
 
 #: pydantic error types that mean "wrong shape", which stay INVALID_INPUT.
 _SHAPE_ERRORS = {
@@ -28,16 +28,19 @@ _SHAPE_ERRORS = {
 }
 
 
-#: JSON Schema keywords that state an allowed range or set.
-_RANGE_KEYS = (
-    "exclusiveMinimum",
-    "minimum",
-    "exclusiveMaximum",
-    "maximum",
-    "multipleOf",
-    "minLength",
-    "enum",
-)
+#: JSON Schema keywords that state an allowed range, and how a message words them.
+_RANGE_WORDS = {
+    "exclusiveMinimum": "> {}",
+    "minimum": "≥ {}",
+    "exclusiveMaximum": "< {}",
+    "maximum": "≤ {}",
+    "multipleOf": "a multiple of {}",
+    "minLength": "at least {} characters",
+    "maxLength": "at most {} characters",
+    "minItems": "at least {} items",
+    "maxItems": "at most {} items",
+}
+_RANGE_KEYS = (*_RANGE_WORDS, "enum")
 
 
 def describe_range(prop: dict[str, Any]) -> str:
@@ -46,25 +49,15 @@ def describe_range(prop: dict[str, Any]) -> str:
     # without lifting them the message would say "integer/null" and omit the range.
     lifted = {key: alt[key] for alt in prop.get("anyOf", []) for key in _RANGE_KEYS if key in alt}
     prop = {**lifted, **prop}
-    parts = []
-    if "exclusiveMinimum" in prop:
-        parts.append(f"> {prop['exclusiveMinimum']}")
-    if "minimum" in prop:
-        parts.append(f"≥ {prop['minimum']}")
-    if "exclusiveMaximum" in prop:
-        parts.append(f"< {prop['exclusiveMaximum']}")
-    if "maximum" in prop:
-        parts.append(f"≤ {prop['maximum']}")
-    if "multipleOf" in prop:
-        parts.append(f"a multiple of {prop['multipleOf']}")
-    if "minLength" in prop:
-        parts.append(f"at least {prop['minLength']} characters")
+    parts = [words.format(prop[key]) for key, words in _RANGE_WORDS.items() if key in prop]
     if "enum" in prop:
         return "one of: " + ", ".join(str(v) for v in prop["enum"])
     kind = prop.get("type") or "/".join(
         str(alt.get("type")) for alt in prop.get("anyOf", []) if alt.get("type")
     )
     text = " and ".join(parts)
+    if kind == "array" and text:
+        return f"a list of {text}"
     return f"{kind} {text}".strip() if kind else text
 
 
@@ -128,7 +121,11 @@ def to_error(
         return InputError(f"missing required field {field!r}", field=field)
     prop = _property(schema, loc)
     allowed = describe_range(prop)
-    shown = repr(got) if not isinstance(got, dict | list) else type(got).__name__
+    shown = (
+        f"{len(got)} items"
+        if isinstance(got, list)
+        else (repr(got) if not isinstance(got, dict) else type(got).__name__)
+    )
     message = (
         f"{field} must be {allowed} (got {shown})"
         if allowed
@@ -216,3 +213,29 @@ def check_text(inputs: Mapping[str, Any]) -> None:
             ) from None
         except (TypeError, ValueError):
             continue  # not JSON-shaped: pydantic reports it
+
+
+def check_lengths(inputs: Mapping[str, Any], *, image_fields: Collection[str] = ()) -> None:
+    """Refuse any string longer than ``MAX_TEXT_CHARS``, in every node's inputs — a
+    third-party pack's too — so no field carries a megabyte into a tokenizer, a PNG
+    chunk or run.json.  Runs after the model's own validation, so a field with a
+    tighter cap (a ``Prompt``) reports its own limit.  ``image_fields`` (``ImageRef``
+    inputs) are exempt: a data URI is an image, bounded by the image byte cap."""
+    for name, value in inputs.items():
+        if name not in image_fields:
+            _check_lengths(value, str(name))
+
+
+def _check_lengths(value: Any, where: str) -> None:
+    if isinstance(value, str):
+        if len(value) > MAX_TEXT_CHARS:
+            raise InputError(
+                f"{where} must be at most {MAX_TEXT_CHARS} characters (got {len(value)})",
+                field=where,
+            )
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            _check_lengths(item, f"{where}.{key}")
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            _check_lengths(item, f"{where}.{index}")

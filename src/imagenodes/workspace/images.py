@@ -32,6 +32,11 @@ from imagenodes.workspace.urls import DEFAULT_POLICY, UrlPolicy, fetch
 MAX_PIXELS_ENV = "IMAGENODES_MAX_PIXELS"
 DEFAULT_MAX_PIXELS = 50_000_000
 DEFAULT_MAX_BYTES = 50 * 1024 * 1024
+#: Image inputs of a run are decoded to at most this long side when the host knows no
+#: better (it passes the largest size a registered family generates, 1024 for the
+#: built-in ones): no model works from fewer pixels than it uses, and a decoded source
+#: costs a few MB instead of hundreds.
+SOURCE_MAX_SIDE = 2048
 DEFAULT_TIMEOUT = 20.0
 
 #: Decoders we allow.  Restricting Pillow matters: e.g. EPS would run Ghostscript
@@ -92,8 +97,10 @@ def load_image(
     timeout: float = DEFAULT_TIMEOUT,
     max_bytes: int = DEFAULT_MAX_BYTES,
     url_policy: UrlPolicy = DEFAULT_POLICY,
+    max_side: int | None = None,
 ) -> Image.Image:
-    """Fetch, validate and fully decode an image input into an RGB image."""
+    """Fetch, validate and fully decode an image input into an RGB image (at most
+    ``max_side`` on its longest side: see :func:`decode_image`)."""
     cap = default_max_pixels() if max_pixels is None else max_pixels
     if not isinstance(cap, int) or isinstance(cap, bool) or cap <= 0:
         raise InputError(f"max_pixels must be a positive integer, got {cap!r}", field="max_pixels")
@@ -105,7 +112,7 @@ def load_image(
         max_bytes=max_bytes,
         url_policy=url_policy,
     )
-    return decode_image(data, field=field, max_pixels=cap)
+    return decode_image(data, field=field, max_pixels=cap, max_side=max_side)
 
 
 def read_image_bytes(
@@ -288,12 +295,24 @@ def _register_allowed_plugins() -> None:
 
 
 def decode_image(
-    data: bytes, *, field: str = "source_image", max_pixels: int = DEFAULT_MAX_PIXELS
+    data: bytes,
+    *,
+    field: str = "source_image",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_side: int | None = None,
 ) -> Image.Image:
     """Fully decoded RGB image, with the pixel cap checked before any decoding.
 
     EXIF orientation is applied (phone photos would otherwise arrive sideways) and
     transparency is flattened onto white, because diffusion pipelines take RGB.
+
+    With ``max_side`` the image is made at most that many pixels on its longest side
+    as it is decoded: a JPEG is decoded at a reduced DCT scale (``Image.draft``), any
+    other format is shrunk (``thumbnail``: ``reduce`` then Lanczos) before the RGB
+    conversion and the EXIF rotation copy it.  So a 7000x7000 source costs one decode
+    and then ~12 MB, not three full-size copies, and the run's memory stays the same
+    whatever the number of sources.  The upright size before shrinking is kept in
+    ``image.info["source_size"]`` (a "size from the source" still means the original).
     """
     if not data:
         raise SourceImageError(
@@ -342,8 +361,14 @@ def decode_image(
                 )
             try:
                 with _strict_truncation():
+                    if max_side is not None and image.format == "JPEG":
+                        image.draft(image.mode, (max_side, max_side))
                     image.load()
-                    return _to_rgb(_exif_upright(image))
+                    upright = _upright_size((width, height), image)
+                    shrunk = _shrink(image, max_side) if max_side is not None else image
+                    out = _to_rgb(_exif_upright(shrunk))
+                    out.info["source_size"] = upright
+                    return out
             except SourceImageError:
                 raise
             except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -359,6 +384,27 @@ def decode_image(
                 ) from exc
         finally:
             image.close()
+
+
+def _upright_size(size: tuple[int, int], image: Image.Image) -> tuple[int, int]:
+    """``size`` as the image will stand after its EXIF orientation (5–8 swap sides)."""
+    try:
+        orientation = image.getexif().get(0x0112, 1)
+    except Exception:
+        return size
+    return (size[1], size[0]) if orientation in (5, 6, 7, 8) else size
+
+
+def _shrink(image: Image.Image, max_side: int) -> Image.Image:
+    """At most ``max_side`` on the longest side, keeping the shape.  Palette, 1-bit and
+    16-bit images are converted first: resizing them directly would fall back to
+    nearest-neighbour or clip."""
+    if max(image.size) <= max_side:
+        return image
+    if image.mode in ("P", "1", "I;16", "I;16B", "I;16L", "I"):
+        image = _to_rgb(image)
+    image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    return image
 
 
 def _exif_upright(image: Image.Image) -> Image.Image:
