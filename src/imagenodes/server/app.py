@@ -284,7 +284,8 @@ def create_app(
         max_body_bytes=settings.max_body_bytes,
         max_upload_bytes=settings.max_upload_bytes,
     )
-    app.add_middleware(BuilderPage)  # outermost: the page loads before a token is typed
+    # Outermost: the page loads before a token is typed.
+    app.add_middleware(BuilderPage, token_required=settings.resolved_token() is not None)
 
     @app.exception_handler(ImageNodesError)
     async def coded_error(request: Request, exc: ImageNodesError) -> JSONResponse:
@@ -664,13 +665,16 @@ class BuilderPage:
     hold no secret, and with ``--token`` they must load before the user has typed the
     token, which the page then sends on every API call.  Only GET and HEAD of those
     paths are answered here; everything else goes on to the API untouched.
+    ``/web/config.json`` tells the page whether to ask for a token (never the token), so
+    it asks before its first call instead of after a 401.
     """
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, *, token_required: bool) -> None:
         from starlette.staticfiles import StaticFiles
 
         self.app = app
         self.files = StaticFiles(directory=WEB_DIR)
+        self.config = {"token_required": token_required}
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope.get("method") not in ("GET", "HEAD"):
@@ -679,6 +683,10 @@ class BuilderPage:
         root = str(scope.get("root_path", ""))
         path = str(scope.get("path", ""))
         route = path[len(root) :] if root and path.startswith(root) else path
+        if route == "/web/config.json":
+            response = JSONResponse(self.config, headers={"cache-control": "no-store"})
+            await response(scope, receive, send)
+            return
         if route == "/":
             inner = "/index.html"
         elif route.startswith("/web/"):

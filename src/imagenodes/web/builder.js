@@ -46,11 +46,17 @@ function describe(error) {
   return parts.filter(Boolean).join(" — ");
 }
 
-/** Keep a pointer or wheel gesture inside a control from dragging or zooming the canvas. */
+/**
+ * Keep a pointer or wheel gesture inside a control from dragging or zooming the canvas,
+ * and Tab from baklava's editor, which cancels every Tab (keyboard users must move on).
+ */
 function isolate(element) {
-  for (const type of ["pointerdown", "wheel", "dblclick", "keydown"]) {
+  for (const type of ["pointerdown", "wheel", "dblclick"]) {
     element.addEventListener(type, (event) => event.stopPropagation());
   }
+  element.addEventListener("keydown", (event) => {
+    if (event.key === "Tab") event.stopPropagation();
+  });
   return element;
 }
 
@@ -67,7 +73,9 @@ const FieldSlot = {
     const state = port && nodes.get(port.nodeId);
     if (!state) return;
     this.ctrl = state.controls[port.name];
-    this.$el.parentNode.insertBefore(this.ctrl, this.$el.nextSibling);
+    // Before the placeholder, never after it: Vue takes the placeholder's next sibling
+    // as the anchor when it swaps the row (a wire connected), and ours is removed then.
+    this.$el.parentNode.insertBefore(this.ctrl, this.$el);
   },
   beforeUnmount() {
     if (this.ctrl) this.ctrl.remove();
@@ -406,7 +414,10 @@ function showFull(src, alt) {
 }
 
 function noticeText(notice) {
-  const change = notice.requested !== undefined && notice.applied !== undefined ? ` ${notice.requested} → ${notice.applied}` : "";
+  const given = (v) => v !== undefined && v !== null;
+  let change = "";
+  if (given(notice.requested) && given(notice.applied)) change = ` ${notice.requested} → ${notice.applied}`;
+  else if (given(notice.requested)) change = ` ${notice.requested}`;
   const why = notice.reason || notice.message || "";
   return `${notice.code}${change}${why ? `, ${why}` : ""}`;
 }
@@ -470,7 +481,7 @@ async function finish(jobId, done, flow) {
       state.status.stepText.textContent = `done (${p.getAttribute("aria-valuetext")})`;
     }
     say("Done.");
-  } else if (done.status === "cancelled") {
+  } else if (done.status === "cancelled" || (done.error || {}).code === "CANCELLED") {
     say("Cancelled.");
     for (const s of nodes.values()) if (s.status.stepText.textContent !== "not run") s.status.stepText.textContent = "cancelled";
   } else if (done.error) {
@@ -578,6 +589,8 @@ async function askToken() {
 }
 
 async function loadCatalog() {
+  const config = await (await fetch(new URL("web/config.json", document.baseURI))).json();
+  if (config.token_required && !token()) await askToken();
   for (;;) {
     try {
       return (await call("/nodes")).nodes;
@@ -602,6 +615,12 @@ async function start() {
   viewModel.displayedGraph.events.removeNode.subscribe(token_, changed);
 
   $("#run").addEventListener("click", run);
+  document.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) {
+      event.preventDefault();
+      run();
+    }
+  });
   $("#cancel").addEventListener("click", cancel);
   $("#save").addEventListener("click", saveFile);
   $("#load").addEventListener("change", (event) => event.target.files[0] && loadFile(event.target.files[0]));
