@@ -327,8 +327,9 @@ def test_build_run_watch_and_save_a_flow_that_runs_unchanged(
     expect(full).to_be_visible()
     page.get_by_role("button", name="Close").click()
     page.screenshot(path=str(tmp_path / "builder-after.png"), full_page=True)
-    if os.environ.get("IMAGENODES_BUILDER_SCREENSHOT"):  # docs/img/builder.png is made so
-        page.screenshot(path=os.environ["IMAGENODES_BUILDER_SCREENSHOT"])
+    page.set_viewport_size({"width": 1280, "height": 1400})  # both nodes whole
+    page.screenshot(path=str(tmp_path / "builder.png"))  # docs/img/builder.png is this one
+    page.set_viewport_size({"width": 1400, "height": 1000})
 
     # Save: a seed-003 flow, steps in dependency order, the wire as a reference.
     with page.expect_download() as download:
@@ -346,7 +347,8 @@ def test_build_run_watch_and_save_a_flow_that_runs_unchanged(
     ]
     # ... which `imagenodes flow run` runs unchanged, with the same images.
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    cli = [sys.executable, "-c", "from imagenodes.cli import main; main()"]
+    script = Path(sys.executable).with_name("imagenodes")  # the installed command
+    cli = [str(script)] if script.exists() else [sys.executable, "-m", "imagenodes.cli"]
     out = subprocess.run(
         [*cli, "--workspace", str(tmp_path / "cli-ws"), "flow", "run", str(saved), "--quiet"],
         capture_output=True,
