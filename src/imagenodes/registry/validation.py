@@ -9,6 +9,7 @@ message can never drift from the range in the form.
 from __future__ import annotations
 
 import json
+import reprlib
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
@@ -27,6 +28,11 @@ _SHAPE_ERRORS = {
     "int_from_float",  # 2.5 for an integer field is a wrong type, not out of range
 }
 
+
+#: How a message shows the value it refused: abridged, so a 20 000-character string
+#: or a 70-digit number is not echoed back whole.
+_SHOWN = reprlib.Repr()
+_SHOWN.maxstring, _SHOWN.maxlong, _SHOWN.maxother = 60, 30, 60
 
 #: JSON Schema keywords that state an allowed range, and how a message words them.
 _RANGE_WORDS = {
@@ -124,7 +130,7 @@ def to_error(
     shown = (
         f"{len(got)} items"
         if isinstance(got, list)
-        else (repr(got) if not isinstance(got, dict) else type(got).__name__)
+        else (_SHOWN.repr(got) if not isinstance(got, dict) else type(got).__name__)
     )
     message = (
         f"{field} must be {allowed} (got {shown})"
@@ -134,7 +140,10 @@ def to_error(
     if etype == "value_error":
         # A custom validator's own text states the rule the schema cannot express
         # (e.g. width ≥ 0); "must be integer (got -1)" would name the wrong rule.
+        # Abridged: a pack's validator may quote the whole value it refused.
         reason = str(err["msg"]).removeprefix("Value error, ")
+        if len(reason) > 300:
+            reason = f"{reason[:240]}…{reason[-40:]}"
         message = f"{field} {reason}" if reason.startswith("must") else f"{field}: {reason}"
     if (
         code

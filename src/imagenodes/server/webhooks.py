@@ -31,7 +31,7 @@ from typing import Any, Literal, get_args
 from urllib.parse import urlsplit
 
 from imagenodes.errors import InputError
-from imagenodes.workspace.urls import is_public, resolve
+from imagenodes.workspace.urls import Target, is_public, resolve
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +54,14 @@ class WebhookPolicy:
     allow_hosts: tuple[str, ...] = ()
     allow_private: bool = False
 
-    def check(self, url: str, *, field: str = "webhook") -> None:
-        """Raise INVALID_INPUT naming ``field`` unless ``url`` may receive webhooks.
+    def check(self, url: str, *, field: str = "webhook") -> Target:
+        """The checked address to deliver ``url``'s webhooks to, or INVALID_INPUT naming
+        ``field``.
 
-        One message for every refusal by policy, so the answer does not tell a caller
-        which internal addresses exist.
+        The name is resolved once and the delivery connects to that address (DNS
+        rebinding cannot swap it between check and connect).  One message for every
+        refusal by policy, so the answer does not tell a caller which internal
+        addresses exist.
         """
         refused = InputError(
             f"{field} must be an http(s) URL on the server's webhook allow-list "
@@ -78,13 +81,14 @@ class WebhookPolicy:
         allowed = {h.lower() for h in self.allow_hosts}
         if host not in allowed and f"{host}:{port}" not in allowed:
             raise refused
-        if not self.allow_private:
-            try:
-                addresses = resolve(host, port or (443 if parts.scheme == "https" else 80))
-            except OSError:
-                raise refused from None
-            if not all(is_public(a) for a in addresses):
-                raise refused
+        port = port or (443 if parts.scheme == "https" else 80)
+        try:
+            addresses = resolve(host, port)
+        except OSError:
+            raise refused from None
+        if not self.allow_private and not all(is_public(a) for a in addresses):
+            raise refused
+        return Target(url, parts.scheme, host, port, str(addresses[0]))
 
 
 def load_secret(state_dir: Path, given: str | None) -> bytes:
@@ -169,7 +173,8 @@ class WebhookSender:
         import httpx
         from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-        with httpx.Client(timeout=self._timeout, follow_redirects=False) as client:
+        # trust_env=False: a proxy from the environment would resolve the name itself.
+        with httpx.Client(timeout=self._timeout, follow_redirects=False, trust_env=False) as client:
             while True:
                 item = self._queue.get()
                 if item is None:
@@ -189,12 +194,14 @@ class WebhookSender:
                     log.warning("webhook to %s failed: %s", urlsplit(item.url).netloc, exc)
 
     def _deliver(self, client: Any, item: _Delivery) -> None:
-        self.policy.check(item.url)  # again: what the name resolves to now
+        target = self.policy.check(item.url)  # again: what the name resolves to now
         body = json.dumps(item.event).encode()
         response = client.post(
-            item.url,
+            target.pinned_url(),  # the checked address, not a second lookup
             content=body,
+            extensions={"sni_hostname": target.host} if target.scheme == "https" else {},
             headers={
+                "Host": target.host_header(),
                 "Content-Type": "application/json",
                 SIGNATURE_HEADER: sign(self._secret, body),
                 "X-Imagenodes-Event": item.event["type"],

@@ -5,11 +5,22 @@ nothing: running it never imports torch.
 """
 
 from collections.abc import Callable
+from typing import Annotated
 
-from PIL import Image, ImageDraw
-from pydantic import Field
+from PIL import Image, ImageColor, ImageDraw
+from pydantic import AfterValidator, Field
 
 from imagenodes import ImageRef, Node, NodeInput, NodeOutput, RunContext, hookimpl
+
+
+def _colour(value: str) -> str:
+    # Checked here, not in run: a bad value is the caller's INVALID_INPUT naming the
+    # field, never a drawing error (GENERATION_FAILED) halfway through the run.
+    try:
+        ImageColor.getrgb(value)
+    except ValueError:
+        raise ValueError(f"must be a PIL colour name or #rrggbb, got {value[:40]!r}") from None
+    return value
 
 
 class CheckerboardInput(NodeInput):
@@ -17,7 +28,9 @@ class CheckerboardInput(NodeInput):
 
     size: int = Field(default=64, ge=8, le=1024, title="Size", description="Side in pixels.")
     squares: int = Field(default=8, ge=1, le=64, title="Squares", description="Per side.")
-    colour: str = Field(default="black", title="Colour", description="Any PIL colour name.")
+    colour: Annotated[str, AfterValidator(_colour)] = Field(
+        default="black", title="Colour", description="Any PIL colour name."
+    )
 
 
 class CheckerboardOutput(NodeOutput):
