@@ -285,6 +285,25 @@ def test_form_from_the_schema(served: Served, open_page: Callable[[str], Page]) 
     expect(i2i.get_by_label("Upload Source Image", exact=True)).to_be_attached()
     connect(page, "Generate Image V2", "Image to Image")
     expect(i2i.get_by_label("Source Image", exact=True)).to_have_count(0)  # fed by the wire
+    # Wiring by keyboard: the input's "wire from" select lists the other nodes' outputs.
+    edit = add(page, "Image to Image", "Image to Image 2")
+    wire = edit.get_by_label("Wire Source Image from", exact=True)
+    wire.focus()
+    wire.select_option(label="Generate Image V2 · Image output")
+    expect(edit.get_by_label("Source Image", exact=True)).to_have_count(0)
+    expect(edit.get_by_label("Prompt", exact=True)).to_be_focused()
+    with page.expect_download() as download:
+        page.get_by_role("button", name="Save flow").click()
+    flow = json.loads(Path(download.value.path()).read_text())
+    assert flow["steps"][0]["id"] == "generate_image_v2_1"
+    wired = {
+        s["id"]: s["parameters"]["source_image"]
+        for s in flow["steps"]
+        if s["type"] == "image_to_image"
+    }
+    assert wired == dict.fromkeys(
+        ["image_to_image_1", "image_to_image_2"], "$.results.generate_image_v2_1.images.0"
+    )
     i2i.get_by_role("button", name="Delete Image to Image").click()
     expect(node(page, "Image to Image")).to_have_count(0)
 

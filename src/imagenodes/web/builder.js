@@ -187,7 +187,18 @@ function fieldControl(state, field) {
       onchange: (event) => event.target.files[0] && uploadInto(state, field, wrap, event.target.files[0]),
     });
     const preview = el("img", { class: "upload-preview", alt: `${field.title} of ${state.label}`, hidden: true });
-    wrap.append(el("div", { class: "upload" }, el("span", { text: "or drop an image, or " }), picker), preview);
+    const wire = el("select", {
+      class: "wire-select",
+      "aria-label": `Wire ${field.title} from`,
+      onfocus: () => refreshWires(),
+      onchange: () => wireFrom(state, field, wire),
+    });
+    wrap.wire = wire;
+    wrap.append(
+      el("div", { class: "upload" }, el("span", { text: "or drop an image, or " }), picker),
+      wire,
+      preview,
+    );
     wrap.preview = preview;
     wrap.addEventListener("dragover", (event) => {
       event.preventDefault();
@@ -218,6 +229,50 @@ function fieldControl(state, field) {
     wrap.append(el("span", { class: "expose-wrap" }, box, el("label", { for: id, text: "flow input" })));
   }
   return wrap;
+}
+
+/** The wire-from selects (wiring by keyboard): every other node's image outputs. */
+function refreshWires() {
+  for (const state of nodes.values()) {
+    for (const field of state.fields) {
+      const select = field.image && state.controls[field.name].wire;
+      if (!select) continue;
+      const options = [new Option("wire from…", "")];
+      for (const other of nodes.values()) {
+        if (other === state) continue;
+        for (const name of other.imageOutputs) {
+          const out = other.node.outputs[name];
+          options.push(new Option(`${other.label} · ${out.name}`, `${other.id}|${name}`));
+        }
+      }
+      select.replaceChildren(...options);
+      select.hidden = options.length === 1;
+    }
+  }
+}
+
+/**
+ * Connect an output to an input through the graph's reactive nodes (the graph holds Vue
+ * proxies; a wire added on the raw objects would not re-render the rows).
+ */
+function wire(source, output, target, input) {
+  const graph = viewModel.displayedGraph;
+  const from = graph.nodes.find((n) => n.id === source.id);
+  const to = graph.nodes.find((n) => n.id === target.id);
+  if (from && to && from.outputs[output] && to.inputs[input]) {
+    graph.addConnection(from.outputs[output], to.inputs[input]);
+  }
+}
+
+function wireFrom(state, field, select) {
+  const [id, name] = select.value.split("|");
+  const source = nodes.get(id);
+  if (!source) return;
+  wire(source, name, state, field.name);
+  say(`Wired ${source.label} into ${field.title} of ${state.label}.`);
+  // The wired field's control leaves the row: keep the focus in the node.
+  const next = state.fields.find((f) => f !== field && !f.image);
+  if (next) setTimeout(() => state.controls[next.name].input.focus(), 0);
 }
 
 async function uploadInto(state, field, wrap, file) {
@@ -308,6 +363,7 @@ function currentFlow() {
 
 let saveTimer = null;
 function changed() {
+  refreshWires();
   clearTimeout(saveTimer);
   saveTimer = setTimeout(() => {
     try {
@@ -336,9 +392,7 @@ function loadFlow(flow) {
   for (const e of parsed.edges) {
     const from = byStep.get(e.from);
     const to = byStep.get(e.to);
-    if (from && to && from.node.outputs[e.fromField] && to.node.inputs[e.toField]) {
-      viewModel.displayedGraph.addConnection(from.node.outputs[e.fromField], to.node.inputs[e.toField]);
-    }
+    if (from && to) wire(from, e.fromField, to, e.toField);
   }
   for (const state of byStep.values()) {
     for (const field of state.fields) state.controls[field.name].setValue(state.values[field.name]);
@@ -638,12 +692,13 @@ async function start() {
   const saved = localStorage.getItem(STORE_KEY);
   if (saved) {
     try {
-      loadFlow(JSON.parse(saved));
-      say("Restored the graph kept in this browser.");
-      return;
+      const flow = JSON.parse(saved);
+      if ((flow.steps || []).length) {
+        loadFlow(flow);
+        return say("Restored the graph kept in this browser.");
+      }
     } catch (error) {
-      say(`The graph kept in this browser could not be restored: ${error.message}`, true);
-      return;
+      return say(`The graph kept in this browser could not be restored: ${error.message}`, true);
     }
   }
   say(`${entries.length} nodes. Pick one in the palette to add it.`);
