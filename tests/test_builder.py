@@ -326,19 +326,26 @@ def test_build_run_watch_and_save_a_flow_that_runs_unchanged(
         finished(group)
     expect(page.get_by_role("status")).to_have_text("Done.", timeout=WAIT_MS)
 
-    # Thumbnails: alt text names node and index; they decode at the size the run made.
-    for group, label in ((gen, "Generate Image V2"), (i2i, "Image to Image")):
-        thumb = group.get_by_role("img", name=f"{label} image 1", exact=True)
-        assert natural_size(thumb) == (144, 256)
+    # Thumbnails: alt text names node and index; they decode at the size the run made
+    # (read back from the workspace as PNGs: the engine decides the size, e.g. 9:16_HD on
+    # the embedded model, and says how in a notice).
     (job,) = newest_jobs(served, 1)
     assert job["kind"] == "flow" and job["status"] == "succeeded"
     page_images = {
         step: read_png(served, step_images(job, step)[0])
         for step in ("generate_image_v2_1", "image_to_image_1")
     }
-    assert {im.size for im in page_images.values()} == {(144, 256)}
+    sizes = {im.size for im in page_images.values()}
+    assert len(sizes) == 1 and (size := sizes.pop())[0] * 16 == size[1] * 9  # 9:16
+    for group, label in ((gen, "Generate Image V2"), (i2i, "Image to Image")):
+        thumb = group.get_by_role("img", name=f"{label} image 1", exact=True)
+        assert natural_size(thumb) == size
+    # Notices: each step's, as "CODE requested → applied, reason".
+    notices = {step["id"]: step["notices"] for step in job["outputs"]["steps"]}
+    size_notice = next(n for n in notices["generate_image_v2_1"] if n["field"] == "aspect_ratio")
+    assert size_notice["code"] in ("SIZE_CAPPED", "SIZE_UPSCALED")
     expect(gen.get_by_role("list", name="Notices of Generate Image V2")).to_contain_text(
-        "SIZE_CAPPED 576x1024 → 144x256"
+        f"{size_notice['code']} {size_notice['requested']} → {size_notice['applied']}"
     )
     # Click → full size.
     gen.get_by_role("img", name="Generate Image V2 image 1").click()
@@ -475,7 +482,9 @@ def test_upload_by_file_picker_and_by_drop(
     page.get_by_role("button", name="Run", exact=True).click()
     thumb = i2i.get_by_role("img", name="Image to Image image 1", exact=True)
     expect(thumb).to_be_visible(timeout=WAIT_MS)
-    assert natural_size(thumb) == (64, 96)
+    (job,) = newest_jobs(served, 1)
+    made = read_png(served, step_images(job, "image_to_image_1")[0])
+    assert natural_size(thumb) == made.size and made.size[0] * 3 == made.size[1] * 2  # 64:96
 
 
 def test_keyboard_alone_adds_fills_and_runs(
