@@ -11,6 +11,7 @@ import { control, fieldsOf, initialValue } from "./schema.js";
 
 const { Core, createBaklava } = globalThis.BaklavaJS;
 const STORE_KEY = "imagenodes.flow";
+const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
 const $ = (selector) => document.querySelector(selector);
 
 const catalog = new Map(); // node id → catalog entry
@@ -497,23 +498,45 @@ async function run() {
     running = { jobId: job.id, abort };
     say(`Running job ${job.id}`);
     let current = null;
-    await follow(
-      job.id,
-      (event) => {
-        const stepId = event.step_id || (event.data || {}).step_id;
-        const state = stepId ? byStep(stepId) : null;
-        if (state && state !== current) {
-          if (current && Number(current.status.progress.getAttribute("aria-valuenow")) === 0) setProgress(current, 1, 1);
-          current = state;
-        }
-        if (event.type === "node.progress" && state) setProgress(state, event.data.step, event.data.total);
-        else if (event.type === "model.loading" && state) state.status.stepText.textContent = "loading model";
-        else if (event.type === "image.stored" && state) {
-          addThumbnail(state, event.data.index, event.data.url).catch((e) => say(e.message, true));
-        } else if (event.type === "job.completed") finish(job.id, event.data, flow);
-      },
-      abort.signal,
-    );
+    let completed = false;
+    const complete = (data) => {
+      if (completed) return;
+      completed = true;
+      finish(job.id, data, flow);
+    };
+    // Should the event stream stall or drop, the job's own status still ends the run.
+    const ended = async () => {
+      const now = await call(`/jobs/${job.id}`);
+      if (TERMINAL.has(now.status)) complete({ status: now.status, error: now.error });
+      return completed;
+    };
+    const watchdog = setInterval(() => {
+      if (!completed) ended().then((done) => done && abort.abort()).catch(() => {});
+    }, 5000);
+    try {
+      await follow(
+        job.id,
+        (event) => {
+          const stepId = event.step_id || (event.data || {}).step_id;
+          const state = stepId ? byStep(stepId) : null;
+          if (state && state !== current) {
+            if (current && Number(current.status.progress.getAttribute("aria-valuenow")) === 0) setProgress(current, 1, 1);
+            current = state;
+          }
+          if (event.type === "node.progress" && state) setProgress(state, event.data.step, event.data.total);
+          else if (event.type === "model.loading" && state) state.status.stepText.textContent = "loading model";
+          else if (event.type === "image.stored" && state) {
+            addThumbnail(state, event.data.index, event.data.url).catch((e) => say(e.message, true));
+          } else if (event.type === "job.completed") complete(event.data);
+        },
+        abort.signal,
+      );
+    } catch (error) {
+      if (!completed && error.name !== "AbortError") say(`Event stream lost (${error.message}); waiting for the job…`, true);
+    } finally {
+      clearInterval(watchdog);
+    }
+    while (!completed && !(await ended())) await new Promise((r) => setTimeout(r, 1000));
   } catch (error) {
     if (error instanceof ApiError) showError(error.error);
     else if (error.name !== "AbortError") say(String(error.message || error), true);
