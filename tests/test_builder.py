@@ -409,7 +409,21 @@ def test_flow_inputs_are_marked_and_saved(served: Served, open_page: Callable[[s
     gen.get_by_label("Expose Prompt as a flow input", exact=True).check()
     with page.expect_download() as download:
         page.get_by_role("button", name="Save flow").click()
+    before = json.loads(Path(download.value.path()).read_text())["ui"]["builder"]["positions"]
+    # Move the node by its title bar; the saved layout follows.
+    title = page.locator('[data-label="Generate Image V2"] .__title')
+    box = title.bounding_box()
+    assert box
+    page.mouse.move(box["x"] + 40, box["y"] + box["height"] / 2)
+    page.mouse.down()
+    page.mouse.move(box["x"] + 240, box["y"] + box["height"] / 2 + 60, steps=10)
+    page.mouse.up()
+    with page.expect_download() as download:
+        page.get_by_role("button", name="Save flow").click()
     flow = json.loads(Path(download.value.path()).read_text())
+    moved = flow["ui"]["builder"]["positions"]["generate_image_v2_1"]
+    start = before["generate_image_v2_1"]
+    assert (moved["x"] - start["x"], moved["y"] - start["y"]) == (200, 60)
     assert flow["steps"][0]["parameters"]["prompt"] == "$.input.generate_image_v2_1_prompt"
     prop = flow["input"]["properties"]["generate_image_v2_1_prompt"]
     assert prop["type"] == "string" and prop["default"] == "a green square"
@@ -422,7 +436,10 @@ def test_validation_error_is_shown_next_to_its_field(
     gen = add(page, "Generate Image V2", Prompt="a red circle", Steps="80")
     page.get_by_role("button", name="Run", exact=True).click()
     steps_field = gen.locator('.field[data-field="steps"]')
-    expect(steps_field.get_by_role("alert")).to_contain_text("INVALID_STEPS", timeout=WAIT_MS)
+    alert = steps_field.get_by_role("alert")
+    expect(alert).to_contain_text("INVALID_STEPS", timeout=WAIT_MS)
+    expect(alert).to_contain_text("steps.generate_image_v2_1.parameters.steps")  # its field
+    assert "50" in alert.inner_text()  # the message or solution gives the allowed range
     steps = gen.get_by_label("Steps", exact=True)
     expect(steps).to_have_attribute("aria-invalid", "true")
     described = steps.evaluate(

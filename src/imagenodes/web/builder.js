@@ -42,7 +42,7 @@ function say(message, isError = false) {
 }
 
 function describe(error) {
-  const parts = [error.code, error.message];
+  const parts = [error.field ? `${error.code} (${error.field})` : error.code, error.message];
   if (error.solution) parts.push(error.solution);
   return parts.filter(Boolean).join(" — ");
 }

@@ -73,10 +73,11 @@ export function fieldsOf(entry) {
   });
 }
 
+/** A property's own keywords (title, default, …) without its anyOf/oneOf branches. */
 function withoutVariants(prop) {
-  const { anyOf, oneOf, ...rest } = prop;
-  void anyOf;
-  void oneOf;
+  const rest = { ...prop };
+  delete rest.anyOf;
+  delete rest.oneOf;
   return rest;
 }
 
@@ -135,7 +136,7 @@ export function control(field, value, onChange) {
     });
   } else if (field.kind === "textarea" || field.kind === "lines" || field.kind === "json") {
     input = document.createElement("textarea");
-    input.rows = field.kind === "textarea" ? 2 : 2;
+    input.rows = 2;
     if (field.kind === "lines") {
       input.value = (value || []).join("\n");
       input.placeholder = "one per line";
