@@ -557,3 +557,53 @@ def test_token_is_asked_once_and_kept_in_session_storage(
         expect(page.get_by_label("Token", exact=True)).not_to_be_visible()
     finally:
         _stop(served)
+
+
+def test_a_hand_written_seed_flow_loads_and_saves_back(
+    served: Served, open_page: Callable[[str], Page], tmp_path: Path
+) -> None:
+    """The seed's shape: CamelCase types, its own step ids, a JSON-valued parameter."""
+    flow = {
+        "title": "Let's generate images!",
+        "input": {"type": "object", "properties": {"prompt": {"type": "string"}}},
+        "steps": [
+            {
+                "id": "dynamicImageGenerator",
+                "type": "ImageGenerator",
+                "parameters": {
+                    "images": [{"prompt": "a red circle", "steps": 2, "width": 64, "height": 64}]
+                },
+            },
+            {
+                "id": "edit",
+                "type": "image-to-image",
+                "parameters": {
+                    "source_image": "$.results.dynamicImageGenerator.images.0",
+                    "prompt": "blue",
+                    "negative_prompt": "",
+                },
+            },
+        ],
+    }
+    path = tmp_path / "seed-flow.json"
+    path.write_text(json.dumps(flow))
+    page = open_page(served.url)
+    page.get_by_label("Load flow").set_input_files(str(path))
+    gen = node(page, "Image Generator (dynamicImageGenerator)")
+    images = json.loads(gen.get_by_label("Images", exact=True).input_value())
+    assert images == flow["steps"][0]["parameters"]["images"]
+    edit = node(page, "Image to Image (edit)")
+    expect(edit.get_by_label("Source Image", exact=True)).to_have_count(0)  # wired
+    edit.get_by_label("Steps", exact=True).fill("2")
+    with page.expect_download() as download:
+        page.get_by_role("button", name="Save flow").click()
+    saved = json.loads(Path(download.value.path()).read_text())
+    assert [(s["id"], s["type"]) for s in saved["steps"]] == [
+        ("dynamicImageGenerator", "image_generator"),
+        ("edit", "image_to_image"),
+    ]
+    assert saved["steps"][0]["parameters"]["images"] == flow["steps"][0]["parameters"]["images"]
+    assert saved["steps"][1]["parameters"]["source_image"] == (
+        "$.results.dynamicImageGenerator.images.0"
+    )
+    assert saved["steps"][1]["parameters"]["steps"] == 2

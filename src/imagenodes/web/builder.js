@@ -114,9 +114,11 @@ function nextStepId(type) {
   return `${type}_${n}`;
 }
 
+/** "Title", "Title 2", … for our step ids; "Title (stepId)" for a loaded flow's own ids. */
 function labelOf(entry, stepId) {
-  const match = /_(\d+)$/.exec(stepId);
-  const n = match ? Number(match[1]) : 1;
+  if (!stepId.startsWith(`${entry.id}_`)) return `${entry.title} (${stepId})`;
+  const n = Number(stepId.slice(entry.id.length + 1));
+  if (!Number.isInteger(n) || n < 1) return `${entry.title} (${stepId})`;
   return n > 1 ? `${entry.title} ${n}` : entry.title;
 }
 
@@ -130,11 +132,12 @@ function addNode(typeId, { stepId, values = {}, exposed = new Set(), position } 
   const entry = catalog.get(typeId);
   if (!types.has(typeId)) types.set(typeId, nodeType(entry));
   const node = new (types.get(typeId))();
-  if (stepId) {
-    const n = Number((/_(\d+)$/.exec(stepId) || [0, 0])[1]);
-    counters.set(typeId, Math.max(counters.get(typeId) || 0, n));
+  if (stepId && stepId.startsWith(`${typeId}_`)) {
+    const n = Number(stepId.slice(typeId.length + 1));
+    if (Number.isInteger(n)) counters.set(typeId, Math.max(counters.get(typeId) || 0, n));
   }
-  stepId = stepId || nextStepId(typeId);
+  const taken = new Set([...nodes.values()].map((s) => s.stepId));
+  while (!stepId || taken.has(stepId)) stepId = nextStepId(typeId);
   const label = labelOf(entry, stepId);
   const fields = fieldsOf(entry);
   const state = {
@@ -154,11 +157,12 @@ function addNode(typeId, { stepId, values = {}, exposed = new Set(), position } 
     state.values[field.name] = field.name in values ? values[field.name] : initialValue(field);
     state.controls[field.name] = fieldControl(state, field);
   }
+  const images = { inputs: {}, outputs: {}, ...(entry.image_fields || {}) };
   for (const [name, intf] of Object.entries(node.inputs)) {
-    ports.set(intf.id, { nodeId: node.id, name, kind: (entry.image_fields.inputs || {})[name], output: false });
+    ports.set(intf.id, { nodeId: node.id, name, kind: images.inputs[name], output: false });
   }
   for (const [name, intf] of Object.entries(node.outputs)) {
-    ports.set(intf.id, { nodeId: node.id, name, kind: entry.image_fields.outputs[name], output: true });
+    ports.set(intf.id, { nodeId: node.id, name, kind: images.outputs[name], output: true });
   }
   state.status = statusPanel(state);
   nodes.set(node.id, state);
