@@ -228,6 +228,22 @@ def test_root_is_the_page_and_v1_stays_discovery(served: Served) -> None:
             assert r.status_code == 404 and r.json()["error"]["code"] == "NOT_FOUND"
 
 
+def test_the_vendored_library_is_the_published_one() -> None:
+    """bundle.js, classic.css and LICENSE are byte for byte the npm packages' (SOURCE.md)."""
+    import hashlib
+
+    vendor = REPO / "src/imagenodes/web/vendor/baklavajs-2.8.1"
+    table = dict(
+        re.findall(
+            r"^\| `([^`]+)` \|.*\| `([0-9a-f]{64})` \|$", (vendor / "SOURCE.md").read_text(), re.M
+        )
+    )
+    assert set(table) == {"bundle.js", "classic.css", "LICENSE"}
+    for name, digest in table.items():
+        assert hashlib.sha256((vendor / name).read_bytes()).hexdigest() == digest, name
+    assert "web/vendor/baklavajs-2.8.1/bundle.js" in (vendor.parents[1] / "index.html").read_text()
+
+
 def test_palette_lists_every_node_by_category_unavailable_greyed(
     served: Served, open_page: Callable[[str], Page]
 ) -> None:
