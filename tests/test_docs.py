@@ -193,8 +193,11 @@ def test_hook_examples_in_hooks_md_register_and_run(tmp_path: Path) -> None:
     result = host.run("solid_colour", {"size": 16})
     assert result.outputs["image"].endswith(".png")
     poster = host.run("poster", {"prompt": "a red circle on a blue background"})
-    assert len(poster.outputs["images"]) == 1 and poster.effective[0]["width"] == 64
-    assert poster.effective[0]["height"] == 40 and poster.notices == []
+    # 16:9 at the native long side is 64x40, drawn at the embedded model's 88x48 bucket.
+    assert len(poster.outputs["images"]) == 1
+    assert poster.effective[0]["size"]["generated"] == "88x48"
+    assert poster.effective[0]["size"]["delivered"] == "64x40"
+    assert [n["code"] for n in poster.notices] == ["SIZE_RESAMPLED"]
 
 
 # -- errors.md ---------------------------------------------------------------------------

@@ -76,12 +76,12 @@ def test_null_seed_draws_and_reports_a_32_bit_seed(tiny_host: Host) -> None:
     assert len(result.seeds) == 1 and 0 <= result.seeds[0] < 2**32
 
 
-def test_default_aspect_is_capped_with_a_notice(tiny_host: Host) -> None:
+def test_default_aspect_is_the_seed_size_upscaled_with_a_notice(tiny_host: Host) -> None:
     inputs = {k: v for k, v in BASE.items() if k != "aspect_ratio"}
     result = tiny_host.run("generate_image_v2", {**inputs, "seed": 1, "steps": 2})
-    notice = next(n for n in result.notices if n["code"] == "SIZE_CAPPED")
-    assert notice["requested"] == "576x1024" and notice["applied"] == "72x128"
-    assert load_ref(tiny_host, result.outputs["images"][0]).size == (72, 128)
+    notice = next(n for n in result.notices if n["code"] == "SIZE_UPSCALED")
+    assert notice["requested"] == "576x1024" and notice["applied"] == "48x88 → 576x1024"
+    assert load_ref(tiny_host, result.outputs["images"][0]).size == (576, 1024)
 
 
 def test_concurrent_runs_do_not_interfere(tiny_host: Host) -> None:

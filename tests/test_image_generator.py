@@ -190,11 +190,12 @@ def test_pack_requests_run_first_then_the_extra_images(host: Host, tiny_sd: Path
     assert result.outputs["groups"] == 1 and result.outputs["pipelineCalls"] == 2
 
 
-def test_default_size_is_capped_to_what_the_model_can_do(host: Host) -> None:
+def test_default_size_is_drawn_at_the_models_size_and_upscaled(host: Host) -> None:
     result = host.run("image_generator", {"images": [{"prompt": "big", "steps": 2, "seed": 1}]})
     req = result.outputs["requests"][0]
-    assert (req["width"], req["height"]) == (128, 128)  # 1024 asked, tiny model max 128
-    assert [n["code"] for n in result.notices].count("SIZE_CAPPED") == 1
+    assert (req["width"], req["height"]) == (1024, 1024)  # delivered as asked
+    (notice,) = [n for n in result.notices if n["code"].startswith("SIZE_")]
+    assert (notice["code"], notice["applied"]) == ("SIZE_UPSCALED", "64x64 → 1024x1024")
 
 
 @pytest.mark.parametrize(

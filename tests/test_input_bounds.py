@@ -200,5 +200,6 @@ def test_a_size_from_a_shrunk_source_is_the_original_size(host: Host) -> None:
         "image_to_image",
         {**I2I, "source_image": source, "steps": 2, "strength": 0.5, "seed": 1},
     )
-    capped = [n for n in result.notices if n["code"] == "SIZE_CAPPED"]
-    assert capped and capped[0]["requested"].startswith("3000x1500")
+    (notice,) = [n for n in result.notices if n["code"].startswith("SIZE_")]
+    assert (notice["code"], notice["requested"]) == ("SIZE_UPSCALED", "3000x1500")
+    assert result.effective[0]["size"]["delivered"] == "3000x1504"  # a multiple of 8

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from imagenodes import ConnectionConfigError, Host
-from imagenodes.engine.aspect import ASPECT_RATIOS, aspect_table, nominal_size
+from imagenodes.engine.aspect import ASPECT_RATIOS, aspect_markdown, aspect_table, nominal_size
 from imagenodes.engine.profiles import EMBEDDED, FLUX, SD, SDXL
 from imagenodes.registry.executor import runtime_config
 from tests.helpers import load_ref
@@ -93,8 +93,9 @@ def test_flux_drops_negative_prompt_and_rounds_to_16(make_host, tiny_models, sou
     result = i2i(host, source_ref, width=72, height=64)
     notes = codes(result)
     assert notes["PARAMETER_IGNORED:negative_prompt"]["requested"] == "blurry"
-    assert notes["SIZE_ROUNDED:width/height"]["applied"] == "80x64"
-    assert load_ref(host, result["outputs"]["images"][0]).size == (80, 64)
+    # FLUX generates in multiples of 16; the image is resized back to the request.
+    assert notes["SIZE_RESAMPLED:width/height"]["applied"] == "80x64 → 72x64"
+    assert load_ref(host, result["outputs"]["images"][0]).size == (72, 64)
 
 
 @pytest.mark.parametrize("family", ["sd-turbo", "sdxl-turbo"])
@@ -181,10 +182,13 @@ def test_aspect_table(aspect, profile, size) -> None:
     assert nominal_size(aspect, profile) == size
 
 
-def test_aspect_table_caps_to_the_model_and_is_documented() -> None:
+def test_aspect_table_is_documented_for_both_policies() -> None:
     rows = {r["aspect_ratio"]: r for r in aspect_table(EMBEDDED)}
     assert set(rows) == set(ASPECT_RATIOS) and len(rows) == 15
-    assert rows["9:16_HD"]["applied"] == "144x256" and rows["9:16_HD"]["capped"]
+    nine = rows["9:16_HD"]
+    assert (nine["delivered"], nine["generated"], nine["cap"]) == ("576x1024", "48x88", "144x256")
+    assert nine["capped"]
+    assert rows["16:9_FHD"]["delivered"] == "1920x1080"
     docs = (Path(__file__).parents[1] / "docs" / "routing.md").read_text()
-    for row in aspect_table(SD):
-        assert f"| {row['aspect_ratio']} | {row['nominal']} |" in docs
+    for profile in (SD, SDXL, FLUX, EMBEDDED):
+        assert aspect_markdown(profile) in docs, profile.name

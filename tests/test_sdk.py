@@ -146,7 +146,7 @@ def test_image_ref_errors_name_the_list_item(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("job", "code", "field"),
     [
-        (ImageJob(prompt="p", size=Aspect.parse("9:16_HD")), "SIZE_CAPPED", "aspect_ratio"),
+        (ImageJob(prompt="p", size=Aspect.parse("9:16_HD")), "SIZE_UPSCALED", "aspect_ratio"),
         (ImageJob(prompt="p", size=Exact(100, 60)), "SIZE_ROUNDED", "width/height"),
         (
             ImageJob(prompt="p", count=40, count_policy="clamp", count_field="num_images"),
@@ -185,11 +185,10 @@ def tiny(tiny_sd: Path, make_host: Any) -> Host:
 @pytest.mark.parametrize(
     ("node", "inputs", "code"),
     [
-        ("generate_image_v2", {"prompt": "p", "negative_prompt": ""}, "SIZE_CAPPED"),
+        ("generate_image_v2", {"prompt": "p", "negative_prompt": ""}, "SIZE_UPSCALED"),
         ("image_generation", {"prompt": "p", "num_images": 9}, "IMAGE_COUNT_CLAMPED"),
-        ("image_generation", {"prompt": "p", "image_size": "2K"}, "SIZE_CAPPED"),
+        ("image_generation", {"prompt": "p", "image_size": "2K"}, "SIZE_UPSCALED"),
         ("image_generation", {"prompt": "p", "aspect_ratio": "2:1"}, "ASPECT_RATIO_FALLBACK"),
-        ("generate_image", {"prompt": "p", "width": 30, "height": 30}, "SIZE_ROUNDED"),
         ("generate_image", {"prompt": "p", "width": 30, "height": 30}, "SIZE_RESAMPLED"),
     ],
 )

@@ -57,6 +57,17 @@ class LocalDiffusersConnection(Connection):
     offline: bool = Field(
         default=True, description="Never contact a model hub; only local files are used."
     )
+    size_policy: Literal["upscale", "cap", "native"] = Field(
+        default="upscale",
+        description="upscale: generate at the model's own size for the shape and resize to "
+        "the requested size; cap: scale requests above the model's maximum down and deliver "
+        "that; native: deliver the model's own size for the shape.",
+    )
+    upscale: Literal["lanczos", "hires"] = Field(
+        default="lanczos",
+        description="How upscaled images are finished: lanczos (resize only) or hires (then a "
+        "low-strength image-to-image pass at the delivered size, the hires fix; slower).",
+    )
     allow_model_paths: bool = Field(
         default=False,
         description="Let node inputs (image_generator's baseModel) name any local folder. "
@@ -76,5 +87,7 @@ class LocalDiffusersConnection(Connection):
             "models_dir": self.models_dir,
             "offline": self.offline,
             "allow_model_paths": self.allow_model_paths,
+            "size_policy": self.size_policy,
+            "upscale": self.upscale,
             "token": self.hub_token.get_secret_value() if self.hub_token else None,
         }

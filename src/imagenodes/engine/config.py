@@ -29,6 +29,12 @@ class RuntimeConfig:
     #: Let a node input (``image_generator``'s ``baseModel``) name any local folder;
     #: off, callers may name only families, hub ids and folders under ``models_dir``.
     allow_model_paths: bool = False
+    #: Where a request is generated and what is delivered (``engine.aspect``):
+    #: "upscale" (default), "cap" or "native".
+    size_policy: str = "upscale"
+    #: How an upscaled image is finished: "lanczos" (resize only) or "hires" (then a
+    #: low-strength image-to-image pass at the delivered size, the "hires fix").
+    upscale: str = "lanczos"
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> RuntimeConfig:
@@ -43,5 +49,6 @@ class RuntimeConfig:
             f"RuntimeConfig(model={self.model!r}, profile={self.profile!r}, "
             f"device={self.device!r}, dtype={self.dtype!r}, cpu_threads={self.cpu_threads!r}, "
             f"models_dir={self.models_dir!r}, offline={self.offline!r}, token={shown}, "
-            f"allow_model_paths={self.allow_model_paths!r})"
+            f"allow_model_paths={self.allow_model_paths!r}, size_policy={self.size_policy!r}, "
+            f"upscale={self.upscale!r})"
         )

@@ -10,26 +10,35 @@ and at every denoising step.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Mapping
 from contextlib import nullcontext
+from dataclasses import replace
 from typing import Any
 
 import torch
 from PIL import Image
 
 from imagenodes.engine import notices as nc
+from imagenodes.engine.aspect import fit_size
 from imagenodes.engine.batching import Batcher, batch_key
 from imagenodes.engine.cache import LOAD_LOCK, CacheEntry, PipelineCache
 from imagenodes.engine.config import RuntimeConfig
 from imagenodes.engine.device import PRECISION_ALIASES, cpu_threads, pick_device, pick_dtype
-from imagenodes.engine.job import IMAGE_TO_IMAGE, INSTRUCT_EDIT, Generation, ImageJob
+from imagenodes.engine.job import (
+    IMAGE_TO_IMAGE,
+    INSTRUCT_EDIT,
+    TEXT_TO_IMAGE,
+    Generation,
+    ImageJob,
+)
 from imagenodes.engine.notices import Notice
 from imagenodes.engine.profiles import ModelProfile
 from imagenodes.engine.prompts import fit_prompts
 from imagenodes.engine.request import Control, GenerationRequest, draw_seed
-from imagenodes.engine.routing import ResolvedModel, adapt, check_spec, route
+from imagenodes.engine.routing import Adapted, ResolvedModel, adapt, check_spec, route
 from imagenodes.engine.status import memory_status
 from imagenodes.errors import ConnectionConfigError, GenerationFailed, ImageNodesError
 
@@ -40,6 +49,10 @@ class _NullControl:
 
     def check(self) -> None:
         pass
+
+
+#: Strength of the hires pass: low enough to keep what the model drew at its own size.
+HIRES_STRENGTH = 0.3
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -204,7 +217,7 @@ class Engine:
         resolved = self.route(config, job.model, field=job.model_field)
         route_ms = (time.perf_counter() - t_route) * 1000
         device, dtype = self.placement(config, job.precision)
-        adapted = adapt(job, resolved.profile, device=device)
+        adapted = adapt(job, resolved.profile, device=device, size_policy=config.size_policy)
         effective, notices = adapted.request, adapted.notices
         seed = effective.seed if effective.seed is not None else draw_seed()
         effective.seed = seed
@@ -251,17 +264,48 @@ class Engine:
                     images, calls, split_notices = self._run_batches(
                         entry, effective, control, job.count_field
                     )
+            method = None
             if adapted.deliver is not None:
+                method = "lanczos"
                 images = [im.resize(adapted.deliver, Image.Resampling.LANCZOS) for im in images]
+                if config.upscale == "hires" and self._hires_applies(entry, effective, adapted):
+                    t_hires = time.perf_counter()
+                    images = self._hires(entry, effective, images, adapted.deliver, control)
+                    timings["hires_ms"] = (time.perf_counter() - t_hires) * 1000
+                    method = "hires"
+                    notices = [
+                        replace(
+                            n,
+                            reason=f"{n.reason}, then refined by an image-to-image pass at "
+                            f"strength {HIRES_STRENGTH} (upscale = 'hires')",
+                        )
+                        if n.code == nc.SIZE_UPSCALED
+                        else n
+                        for n in notices
+                    ]
             timings["generate_ms"] = (time.perf_counter() - t1) * 1000
         finally:
             self.cache.release(entry)
         notices.extend(split_notices)
         assert effective.seeds is not None  # set above; fit_prompts keeps them
+        generated = (int(effective.width or 0), int(effective.height or 0))
+        delivered = adapted.deliver or generated
+        params = {
+            **effective.params(),
+            # PNG metadata and run.json: enough to re-make one image exactly.
+            "size": {
+                "generated": f"{generated[0]}x{generated[1]}",
+                "delivered": f"{delivered[0]}x{delivered[1]}",
+                "method": method,
+                "policy": config.size_policy,
+            },
+        }
+        if method == "hires":
+            params["size"]["hires_strength"] = HIRES_STRENGTH
         return Generation(
             images=images,
             seeds=list(effective.seeds),
-            params=effective.params(),
+            params=params,
             model=resolved.info(),
             generated_size=(int(effective.width or 0), int(effective.height or 0)),
             notices=notices,
@@ -271,6 +315,47 @@ class Engine:
             dtype=dtype,
             threads=threads,
         )
+
+    @staticmethod
+    def _hires_applies(entry: CacheEntry, req: GenerationRequest, adapted: Adapted) -> bool:
+        """The hires pass runs on text-to-image output that was upscaled, where the
+        family has an image-to-image pipeline (sharing the weights)."""
+        assert adapted.deliver is not None
+        grew = adapted.deliver[0] * adapted.deliver[1] > (req.width or 0) * (req.height or 0)
+        return grew and req.task == TEXT_TO_IMAGE and IMAGE_TO_IMAGE in entry.model.profile.tasks
+
+    def _hires(
+        self,
+        entry: CacheEntry,
+        req: GenerationRequest,
+        images: list[Image.Image],
+        size: tuple[int, int],
+        control: Control,
+    ) -> list[Image.Image]:
+        """A1111's "hires fix": re-denoise each upscaled image lightly at the delivered
+        size (capped to the family's maximum), so detail is drawn rather than
+        interpolated.  Same prompt and seed as the image; ``HIRES_STRENGTH`` keeps the
+        composition the model drew at its own size."""
+        profile = entry.model.profile
+        w, h, _ = fit_size(*size, profile)
+        out = []
+        for index, image in enumerate(images):
+            control.check()
+            source = image if (w, h) == size else image.resize((w, h), Image.Resampling.LANCZOS)
+            second = req.copy(
+                task=IMAGE_TO_IMAGE,
+                image=source,
+                width=w,
+                height=h,
+                strength=HIRES_STRENGTH,
+                # img2img denoises int(steps × strength) steps: at least one.
+                steps=max(req.steps or 0, math.ceil(1 / HIRES_STRENGTH)),
+            )
+            (refined,) = self._call(entry, second, index, 1, control)
+            if refined.size != size:
+                refined = refined.resize(size, Image.Resampling.LANCZOS)
+            out.append(refined)
+        return out
 
     def _run_batches(
         self,

@@ -36,6 +36,14 @@ class ModelProfile:
     native_resolution: int = 512
     max_resolution: int = 1024
     size_multiple: int = 8
+    #: Pixels per image the family generates well (default native²).  A request
+    #: much larger than this repeats its subject (SD 1.5 at 1024²), so under the
+    #: default size policy it is generated at this budget and upscaled.
+    pixel_budget: int | None = None
+    #: The (width, height) sizes the family was trained on, if any (SDXL's buckets,
+    #: the embedded model's): an aspect-ratio request is generated at the bucket of
+    #: its shape and resized to the documented size.
+    buckets: tuple[tuple[int, int], ...] = ()
     supports: frozenset[str] = frozenset({"negative_prompt", "guidance"})
     guidance_range: tuple[float, float] = (0.0, 15.0)
     steps_range: tuple[int, int] = (1, 50)
@@ -59,6 +67,11 @@ class ModelProfile:
     extra: dict[str, object] = field(default_factory=dict)
 
     @property
+    def budget(self) -> int:
+        """Pixels per image it generates well (``pixel_budget``, default native²)."""
+        return self.pixel_budget or self.native_resolution**2
+
+    @property
     def tasks(self) -> frozenset[str]:
         return frozenset(self.pipelines)
 
@@ -75,6 +88,8 @@ class ModelProfile:
             "class_names": list(self.class_names),
             "native_resolution": self.native_resolution,
             "max_resolution": self.max_resolution,
+            "pixel_budget": self.budget,
+            "buckets": [f"{w}x{h}" for w, h in self.buckets],
             "size_multiple": self.size_multiple,
             "supports": sorted(self.supports),
             "guidance_range": list(self.guidance_range),
@@ -98,6 +113,9 @@ _SDXL_PIPES = {
     IMAGE_TO_IMAGE: "StableDiffusionXLImg2ImgPipeline",
 }
 
+#: SDXL's and FLUX's common training buckets at ~1024² (1:1, 3:4, 4:3, 9:16, 16:9).
+_XL_BUCKETS = ((1024, 1024), (896, 1152), (1152, 896), (768, 1344), (1344, 768))
+
 EMBEDDED = ModelProfile(
     name="embedded",
     title="Embedded shapes model (64×64, offline)",
@@ -106,14 +124,17 @@ EMBEDDED = ModelProfile(
     native_resolution=64,
     max_resolution=256,
     size_multiple=8,
+    pixel_budget=64 * 64,
+    # Its training buckets (tools/train_embedded_model.py): 1:1, 3:4, 4:3, 9:16, 16:9.
+    buckets=((64, 64), (56, 72), (72, 56), (48, 88), (88, 48)),
     max_images_per_call=16,
     default_steps=20,
     default_guidance=7.5,
     default_model="embedded",
     priority=100,
     cpu_threads=1,
-    notes="Trained at 64×64 only: at other sizes colours hold but shapes break down; "
-    "requests above 256 px are capped to 256 on the longest side.",
+    notes="Trained on five aspect buckets of about 64×64 pixels; larger sizes are "
+    "generated at the bucket of their shape and upscaled (size_policy).",
 )
 
 SD = ModelProfile(
@@ -151,6 +172,7 @@ SDXL = ModelProfile(
     class_names=("StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline"),
     native_resolution=1024,
     max_resolution=2048,
+    buckets=_XL_BUCKETS,
     supports=frozenset({"negative_prompt", "guidance", "prompt_2"}),
     max_images_per_call=4,
     default_steps=30,
@@ -196,6 +218,7 @@ FLUX = ModelProfile(
     native_resolution=1024,
     max_resolution=2048,
     size_multiple=16,
+    buckets=_XL_BUCKETS,
     supports=frozenset({"guidance", "prompt_2"}),
     guidance_range=(0.0, 10.0),
     steps_range=(1, 50),

@@ -27,7 +27,7 @@ from typing import Any
 from PIL import Image
 
 from imagenodes.engine import notices as nc
-from imagenodes.engine.aspect import RATIOS, fit_size, nominal_size
+from imagenodes.engine.aspect import DELIVERY_MULTIPLE, RATIOS, nominal_size, plan_size
 from imagenodes.engine.embedded import EMBEDDED_MODEL_NAME, embedded_model_path
 from imagenodes.engine.job import (
     IMAGE_TO_IMAGE,
@@ -319,7 +319,10 @@ class Adapted:
     deliver: tuple[int, int] | None = None
 
 
-def _fit_size(job: ImageJob, profile: ModelProfile, notices: list[Notice]) -> tuple[int, int]:
+def _fit_size(
+    job: ImageJob, profile: ModelProfile, notices: list[Notice], policy: str
+) -> tuple[int, int, tuple[int, int] | None]:
+    """(generated width, height, delivered size or None): see ``aspect.plan_size``."""
     size = job.size
     first = job.sources[0] if job.sources else None
     if isinstance(size, Aspect):
@@ -341,7 +344,8 @@ def _fit_size(job: ImageJob, profile: ModelProfile, notices: list[Notice]) -> tu
                 )
             )
             ratio = size.fallback
-        w, h = nominal_size(ratio, profile, long_side=size.long_side)
+        multiple = DELIVERY_MULTIPLE if policy == "upscale" else None
+        w, h = nominal_size(ratio, profile, long_side=size.long_side, multiple=multiple)
         field = size.size_field or size.field
     elif isinstance(size, Exact):
         w, h, field = size.width, size.height, size.field
@@ -355,9 +359,17 @@ def _fit_size(job: ImageJob, profile: ModelProfile, notices: list[Notice]) -> tu
     else:
         w = h = profile.native_resolution
         field = "width/height"
-    width, height, size_notes = fit_size(w, h, profile, field=field)
-    notices.extend(size_notes)
-    return width, height
+    plan = plan_size(
+        w,
+        h,
+        profile,
+        policy=policy,
+        field=field,
+        bucketed=isinstance(size, Aspect),
+        exact=isinstance(size, Exact) and size.resample,
+    )
+    notices.extend(plan.notices)
+    return plan.width, plan.height, plan.deliver
 
 
 def _fit_count(job: ImageJob, profile: ModelProfile, notices: list[Notice]) -> int:
@@ -379,11 +391,13 @@ def _fit_count(job: ImageJob, profile: ModelProfile, notices: list[Notice]) -> i
     return count
 
 
-def adapt(job: ImageJob, profile: ModelProfile, *, device: str = "cpu") -> Adapted:
+def adapt(
+    job: ImageJob, profile: ModelProfile, *, device: str = "cpu", size_policy: str = "upscale"
+) -> Adapted:
     """Fit a node's job to a family: the effective request and one notice per change."""
     notices: list[Notice] = []
     task = job.task or (IMAGE_TO_IMAGE if job.sources else TEXT_TO_IMAGE)
-    width, height = _fit_size(job, profile, notices)
+    width, height, deliver = _fit_size(job, profile, notices, size_policy)
     count = _fit_count(job, profile, notices)
     init = None
     if job.sources:
@@ -565,19 +579,4 @@ def adapt(job: ImageJob, profile: ModelProfile, *, device: str = "cpu") -> Adapt
             )
             out.precision = profile.dtypes[0]
 
-    # Delivery: an exact size the family could not generate is resized back to it.
-    deliver = None
-    size = job.size
-    if isinstance(size, Exact) and size.resample and (width, height) != (size.width, size.height):
-        deliver = (size.width, size.height)
-        notices.append(
-            Notice(
-                nc.SIZE_RESAMPLED,
-                size.field,
-                f"{size.width}x{size.height}",
-                f"{width}x{height} resized to {size.width}x{size.height}",
-                f"{profile.title} generates {width}x{height} for this request; the image "
-                "was resized to the requested size",
-            )
-        )
     return Adapted(out, notices, deliver)

@@ -445,6 +445,7 @@ class ImageGenerator(Node[ImageGeneratorInput, ImageGeneratorOutput]):
                 "width": image.width,
                 "height": image.height,
                 "precision": effective["precision"],
+                "size": effective.get("size"),  # generated / delivered / method
                 "request": f"{item.source}[{item.index}]",
                 "batch_index": k,
             }
