@@ -292,6 +292,7 @@ def test_performance_md_reports_every_benchmark_with_its_command_and_output() ->
         "memory",
         "scale",
         "service_batching",
+        "size_policy",
         "task_switch",
         "threads",
         "warm_overhead",
