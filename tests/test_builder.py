@@ -141,7 +141,7 @@ def open_page(browser: Any) -> Iterator[Callable[[str], Page]]:
 
     def open_(url: str) -> Page:
         context = browser.new_context(
-            viewport={"width": 1400, "height": 1000}, accept_downloads=True
+            viewport={"width": 1280, "height": 1400}, accept_downloads=True
         )
         contexts.append(context)
         page = context.new_page()
@@ -363,15 +363,13 @@ def test_build_run_watch_and_save_a_flow_that_runs_unchanged(
     expect(gen.get_by_role("list", name="Notices of Generate Image V2")).to_contain_text(
         f"{size_notice['code']} {size_notice['requested']} → {size_notice['applied']}"
     )
+    page.screenshot(path=str(tmp_path / "builder.png"))  # docs/img/builder.png is this one
     # Click → full size.
     gen.get_by_role("img", name="Generate Image V2 image 1").click()
     full = page.get_by_role("img", name="Generate Image V2 image 1, full size")
     expect(full).to_be_visible()
     page.get_by_role("button", name="Close").click()
     page.screenshot(path=str(tmp_path / "builder-after.png"), full_page=True)
-    page.set_viewport_size({"width": 1280, "height": 1400})  # both nodes whole
-    page.screenshot(path=str(tmp_path / "builder.png"))  # docs/img/builder.png is this one
-    page.set_viewport_size({"width": 1400, "height": 1000})
 
     # Save: a seed-003 flow, steps in dependency order, the wire as a reference.
     with page.expect_download() as download:
