@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 from pydantic import Field
 
-from imagenodes import Host, ImageNodesError, Node, NodeInput, NodeOutput, hookimpl
+from imagenodes import Cancelled, Host, ImageNodesError, Node, NodeInput, NodeOutput, hookimpl
 from imagenodes.cli import main as cli_main
 from imagenodes.flows import FlowRunner, camel_to_snake, load_flow
+from imagenodes.registry.context import CancelToken
 from imagenodes.workspace import read_imagenodes_metadata
 
 
@@ -150,6 +151,18 @@ def test_step_errors_keep_their_code_and_name_the_step(host: Host, tiny_sd: Path
     assert err.code == "INVALID_DIMENSIONS"
     assert err.field == "steps.dynamicImageGenerator.parameters.images.0.width"
     assert err.details["step"] == "dynamicImageGenerator" and "dynamicImageGenerator" in err.message
+
+
+def test_a_cancelled_flow_raises_cancelled_naming_the_step(host: Host, tiny_sd: Path) -> None:
+    """A step's error keeps its class: the service tells a cancelled flow job from a
+    failed one (and requeues it at shutdown) by ``Cancelled``, not by the code alone."""
+    token = CancelToken()
+    token.cancel("stop")
+    with pytest.raises(Cancelled) as info:
+        FlowRunner(host).run(
+            seed_flow(tiny_sd.name), {"promptType": "Cyberpunk world"}, token=token
+        )
+    assert info.value.code == "CANCELLED" and info.value.details["step"]
 
 
 # -- resolution (no generation) --------------------------------------------------------

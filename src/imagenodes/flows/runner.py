@@ -348,13 +348,18 @@ def _step_error(exc: ImageNodesError, step: Mapping[str, Any]) -> ImageNodesErro
     message = (
         exc.message if exc.message.startswith(prefix) else f"step {step['id']!r}: {exc.message}"
     )
-    return ImageNodesError(
-        message,
-        code=exc.code,
-        field=field,
-        solution=exc.solution,
-        details={**exc.details, "step": step["id"], "node": step["node"]},
-    )
+    fields: dict[str, Any] = {
+        "code": exc.code,
+        "field": field,
+        "solution": exc.solution,
+        "details": {**exc.details, "step": step["id"], "node": step["node"]},
+    }
+    # The same class, not a bare ImageNodesError: callers branch on it (the service
+    # treats ``Cancelled`` as cancelled — not failed — and requeues it at shutdown).
+    try:
+        return type(exc)(message, **fields)
+    except TypeError:  # a pack's subclass with a constructor of its own
+        return ImageNodesError(message, **fields)
 
 
 def _widgets(flow: Mapping[str, Any], results: Mapping[str, Any]) -> list[dict[str, Any]]:
