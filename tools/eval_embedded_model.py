@@ -1,17 +1,27 @@
-"""Evaluate the embedded default model on the 48 held-out prompts.
+"""Evaluate the embedded default model on the 48 held-out prompts at every aspect bucket.
 
 Loads the saved folder exactly as a user would (plain
-``StableDiffusionPipeline.from_pretrained``), generates one 64x64 image per
-held-out (shape, colour, bg) combination with fixed seeds (seed = prompt index),
-20 steps, guidance 7.5, judges every image by pixels with
-``imagenodes.engine.shapes.judge`` and reports background / shape-colour /
-shape-type accuracy plus seconds per image. With ``--compare`` it also runs
-the same prompts with other schedulers (PNDM, DDIM, Euler, DPM-Solver++) for
-comparison.
+``StableDiffusionPipeline.from_pretrained``), generates one image per held-out
+(shape, colour, bg) combination and bucket of ``shapes.BUCKETS`` (64x64,
+56x72, 72x56, 48x88, 88x48) with fixed seeds (seed = prompt index), 20 steps,
+guidance 7.5, judges every image by pixels with ``shapes.judge`` and reports,
+per bucket, background / shape-colour / shape-type accuracy, ``one_right``
+(all three right *and* exactly one shape) and seconds per image (also per
+64x64-worth of pixels, so buckets compare at equal area). With ``--compare``
+it also runs the 64x64 prompts with other schedulers (PNDM, DDIM, Euler,
+DPM-Solver++). With ``--e2e N`` it also generates through the public API
+(``Host.run("generate_image_v2", ...)``) at the 15 aspect ratios of seed 000,
+N held-out prompts each, upscaling or whatever the engine does included, and
+judges the delivered images.
 
 Usage::
 
-    .venv/bin/python tools/eval_embedded_model.py --out /tmp/eval.json --compare
+    .venv/bin/python tools/eval_embedded_model.py --out /tmp/eval.json
+    .venv/bin/python tools/eval_embedded_model.py --buckets 1:1 --compare
+    .venv/bin/python tools/eval_embedded_model.py --buckets --e2e 3   # API only
+
+``--model`` for ``--e2e`` must be a folder named ``*embedded_model`` so that the
+engine routes it to the ``embedded`` profile.
 """
 
 from __future__ import annotations
@@ -60,14 +70,22 @@ def make_scheduler(name: str, config: dict):
     return cls.from_config(config)
 
 
+Size = int | tuple[int, int]  # a side, or (width, height)
+
+
+def _wh(size: Size) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else size
+
+
 @torch.no_grad()
 def heldout_images(
-    pipe, seeds: list[int], steps: int = 20, guidance: float = 7.5, size: int = 64
+    pipe, seeds: list[int], steps: int = 20, guidance: float = 7.5, size: Size = 64
 ) -> Iterator[tuple[tuple[str, str, str], Image.Image]]:
     """(combo, image) for the first ``len(seeds)`` held-out prompts, one seed each.
 
     The training script's sampler selection runs this same loop with its own seeds.
     """
+    width, height = _wh(size)
     for combo, seed in zip(shapes.heldout_prompts(), seeds, strict=False):
         yield (
             combo,
@@ -75,36 +93,58 @@ def heldout_images(
                 shapes.prompt_for(*combo),
                 num_inference_steps=steps,
                 guidance_scale=guidance,
-                height=size,
-                width=size,
+                height=height,
+                width=width,
                 generator=torch.Generator().manual_seed(seed),
             ).images[0],
         )
 
 
 @torch.no_grad()
-def evaluate(pipe, steps: int, guidance: float, save_dir: Path | None, tag: str) -> dict:
-    n = len(shapes.heldout_prompts())
+def evaluate(
+    pipe,
+    steps: int,
+    guidance: float,
+    save_dir: Path | None,
+    tag: str,
+    size: Size = 64,
+    n: int = 48,
+) -> dict:
+    n = min(n, len(shapes.heldout_prompts()))
+    width, height = _wh(size)
     combos, verdicts, failures = [], [], []
     # warm-up (first call pays one-off allocation costs), not timed
-    pipe("a red circle on a blue background", num_inference_steps=steps, height=64, width=64)
+    pipe(
+        "a red circle on a blue background",
+        num_inference_steps=steps,
+        height=height,
+        width=width,
+    )
     load_before = os.getloadavg()[0]
     t0, c0 = time.perf_counter(), time.process_time()
-    for i, (combo, img) in enumerate(heldout_images(pipe, list(range(n)), steps, guidance)):
+    seeds = list(range(n))
+    for i, (combo, img) in enumerate(heldout_images(pipe, seeds, steps, guidance, size)):
         verdict = shapes.judge(img)
         combos.append(combo)
         verdicts.append(verdict)
-        if (verdict["shape"], verdict["colour"], verdict["background"]) != combo:
+        if (verdict["shape"], verdict["colour"], verdict["background"]) != combo or verdict[
+            "count"
+        ] != 1:
             shape, colour, bg = combo
             failures.append({"shape": shape, "colour": colour, "bg": bg, "judged": verdict})
         if save_dir is not None:
             s, c, b = combo
-            img.save(save_dir / f"{tag}_{i:02d}_{s}_{c}_on_{b}.png")
+            img.save(save_dir / f"{tag}_{width}x{height}_{i:02d}_{s}_{c}_on_{b}.png")
+    sec = (time.perf_counter() - t0) / n
     return {
         "scheduler": type(pipe.scheduler).__name__,
+        "size": f"{width}x{height}",
         "n": n,
         **shapes.adherence(combos, verdicts),
-        "sec_per_image": (time.perf_counter() - t0) / n,
+        "sec_per_image": sec,
+        # judging included; per 4096 px so that buckets of slightly different
+        # area compare fairly ("no bucket slower per pixel")
+        "sec_per_4096px": sec * 4096 / (width * height),
         # CPU seconds of this process per image (all threads): with 1 thread this
         # is close to the wall time on an otherwise idle machine.
         "cpu_sec_per_image": (time.process_time() - c0) / n,
@@ -115,7 +155,7 @@ def evaluate(pipe, steps: int, guidance: float, save_dir: Path | None, tag: str)
 
 
 def heldout_adherence(
-    pipe, seeds: list[int], steps: int = 20, guidance: float = 7.5, size: int = 64
+    pipe, seeds: list[int], steps: int = 20, guidance: float = 7.5, size: Size = 64
 ) -> dict[str, float]:
     """``shapes.adherence`` of :func:`heldout_images` (the training selection uses it too)."""
     combos, verdicts = [], []
@@ -132,6 +172,73 @@ def size_check(pipe, sizes: list[int], steps: int, guidance: float, n: int = 24)
     """
     seeds = list(range(n))
     return {f"{s}x{s}": heldout_adherence(pipe, seeds, steps, guidance, s) for s in sizes}
+
+
+#: The 15 aspect ratios of seed 000's generate_image_v2.
+RATIOS: tuple[str, ...] = tuple(
+    f"{r}{tier}" for tier in ("", "_HD", "_FHD") for r in ("1:1", "3:4", "4:3", "9:16", "16:9")
+)
+
+
+def e2e(model: Path, per_ratio: int, save_dir: Path | None) -> dict:
+    """Judge delivered images of ``generate_image_v2`` at all 15 ratios, through ``Host.run``.
+
+    Ratio number ``r`` uses held-out prompts ``r * per_ratio ...`` (mod 48), seed
+    = prompt index, so the ratios together cover many different prompts. The
+    engine decides the generated size (its bucket, a cap, an upscale): what is
+    judged is what a user gets, and the sizes and notices are recorded.
+    """
+    import io
+    import tempfile
+
+    from imagenodes import Host
+
+    held = shapes.heldout_prompts()
+    out: dict = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        connections = None
+        if model.resolve() != DEFAULT_MODEL.resolve():
+            connections = {"default": {"model": str(model)}}
+        host = Host(tmp, connections=connections)
+        for r, ratio in enumerate(RATIOS):
+            combos, verdicts, sizes, notices = [], [], set(), set()
+            t0 = time.perf_counter()
+            for i in range(per_ratio):
+                k = (r * per_ratio + i) % len(held)
+                combo = held[k]
+                result = host.run(
+                    "generate_image_v2",
+                    {
+                        "prompt": shapes.prompt_for(*combo),
+                        "negative_prompt": "",
+                        "aspect_ratio": ratio,
+                        "seed": k,
+                    },
+                )
+                raw = host.workspace.read_bytes(result.outputs["images"][0])
+                with Image.open(io.BytesIO(raw)) as im:
+                    img = im.convert("RGB")
+                sizes.add(f"{img.width}x{img.height}")
+                for note in getattr(result, "notices", None) or []:
+                    code = (
+                        note.get("code") if isinstance(note, dict) else getattr(note, "code", None)
+                    )
+                    notices.add(str(code))
+                combos.append(combo)
+                verdicts.append(shapes.judge(img))
+                if save_dir is not None:
+                    img.save(save_dir / f"e2e_{ratio.replace(':', 'x')}_{k:02d}.png")
+            out[ratio] = {
+                "n": per_ratio,
+                **shapes.adherence(combos, verdicts),
+                "delivered": sorted(sizes),
+                "notices": sorted(notices),
+                "sec_per_image": (time.perf_counter() - t0) / per_ratio,
+            }
+            print(json.dumps({ratio: out[ratio]}), flush=True)
+        loaded = host.engine.status().get("loaded") or [{}]
+        out["profile"] = loaded[0].get("profile")
+    return out
 
 
 @torch.no_grad()
@@ -173,7 +280,18 @@ def main() -> None:
     ap.add_argument(
         "--threads", type=int, default=1, help="intra-op threads (1 = what the engine uses)"
     )
-    ap.add_argument("--compare", action="store_true", help="also run other schedulers")
+    ap.add_argument(
+        "--buckets",
+        nargs="*",
+        default=list(shapes.BUCKETS),
+        choices=list(shapes.BUCKETS),
+        help="aspect buckets to judge (default: all; none with --e2e alone)",
+    )
+    ap.add_argument("--n", type=int, default=48, help="held-out prompts per bucket (first N)")
+    ap.add_argument(
+        "--e2e", type=int, default=0, help="held-out prompts per ratio through Host.run (15 ratios)"
+    )
+    ap.add_argument("--compare", action="store_true", help="also run other schedulers at 64x64")
     ap.add_argument("--timing-repeats", type=int, default=0, help="extra best-of-N speed rounds")
     ap.add_argument(
         "--sizes", type=int, nargs="*", default=[], help="also judge these sizes (24 prompts)"
@@ -194,12 +312,24 @@ def main() -> None:
         "model": str(args.model),
         "steps": args.steps,
         "guidance": args.guidance,
-        "size": "64x64",
         "seeds": "prompt index 0..47",
         "saved_scheduler": saved,
-        "saved": evaluate(pipe, args.steps, args.guidance, args.save_images, "saved"),
+        "buckets": {},
     }
-    print(json.dumps({k: v for k, v in result["saved"].items() if k != "failures"}), flush=True)
+    for name in args.buckets:
+        r = evaluate(
+            pipe,
+            args.steps,
+            args.guidance,
+            args.save_images,
+            "saved",
+            shapes.BUCKETS[name],
+            args.n,
+        )
+        result["buckets"][name] = r
+        print(json.dumps({name: {k: v for k, v in r.items() if k != "failures"}}), flush=True)
+    if "1:1" in result["buckets"]:
+        result["saved"] = result["buckets"]["1:1"]  # v1-v3's key: the 64x64 numbers
     if args.timing_repeats:
         result["timing"] = timing(pipe, args.steps, args.guidance, args.timing_repeats)
         print(json.dumps(result["timing"]), flush=True)
@@ -213,10 +343,13 @@ def main() -> None:
             pipe.scheduler = make_scheduler(name, config)
             if type(pipe.scheduler).__name__ == saved:
                 continue
-            r = evaluate(pipe, args.steps, args.guidance, None, name)
+            r = evaluate(pipe, args.steps, args.guidance, None, name, 64, args.n)
             r.pop("failures")
             result["compare"][name] = r
             print(json.dumps(r), flush=True)
+    if args.e2e:
+        del pipe
+        result["e2e"] = e2e(args.model, args.e2e, args.save_images)
     text = json.dumps(result, indent=2)
     print(text)
     if args.out is not None:

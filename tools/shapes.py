@@ -37,6 +37,20 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
 
+# Aspect-ratio buckets of the embedded model (width, height), all close to the
+# 64x64 pixel budget (4032-4224 px). Every side is a multiple of 8: the VAE
+# divides by 4 and the UNet down-samples the latent once more by 2, so each
+# latent side must be even (16x16, 14x18, 18x14, 12x22, 22x12 -> 8x8, 7x9, ...).
+# Training draws each batch from one bucket (tensors stack); generation at a
+# ratio uses its bucket and upscales to the delivered size.
+BUCKETS: dict[str, tuple[int, int]] = {
+    "1:1": (64, 64),
+    "3:4": (56, 72),
+    "4:3": (72, 56),
+    "9:16": (48, 88),
+    "16:9": (88, 48),
+}
+
 # Fill ratio (shape pixels / bounding-box area) of the ideal shapes are
 # circle pi/4 ~ 0.785, square 1.0, triangle 0.5; the judge's thresholds are the
 # midpoints between neighbours ((0.5 + 0.785) / 2, (0.785 + 1.0) / 2), so a
@@ -61,40 +75,50 @@ def render(
     colour: str,
     bg: str,
     rng: random.Random | np.random.Generator,
-    size: int = 64,
+    size: int | tuple[int, int] = 64,
 ) -> Image.Image:
-    """Render one anti-aliased training image.
+    """Render one anti-aliased training image of ``size`` (a side, or ``(width, height)``).
 
-    The shape gets a random size (roughly 35-75 % of the image side) and a random
-    position, but always leaves a clean ``_BORDER``-pixel frame of background so
-    that ``judge`` can read the background colour from the border. Anti-aliasing
-    comes from drawing at ``_SUPERSAMPLE`` times the resolution and downsampling
-    with a box filter, so that edges look like a real (smooth) image.
+    The shape gets a random size (see below) and a random position anywhere in the canvas,
+    also along the long side of a non-square bucket, but always leaves a clean
+    ``_BORDER``-pixel frame of background so that ``judge`` can read the
+    background colour from the border. Anti-aliasing comes from drawing at
+    ``_SUPERSAMPLE`` times the resolution and downsampling with a box filter, so
+    that edges look like a real (smooth) image.
 
     ``rng`` may be a ``random.Random`` or a ``numpy.random.Generator``; only
-    uniform draws are used.
+    uniform draws are used (a square ``size`` draws exactly what v1-v3 drew).
     """
     if shape not in SHAPES:
         raise ValueError(f"unknown shape {shape!r}")
     fg_rgb, bg_rgb = COLOURS[colour], COLOURS[bg]
+    width, height = (size, size) if isinstance(size, int) else size
 
     def uniform(lo: float, hi: float) -> float:
         return float(rng.uniform(lo, hi))
 
-    border = max(2, round(_BORDER * size / 64))
-    avail = size - 2 * border
-    extent = uniform(0.38, 0.78) * size
-    extent = min(extent, avail)
+    short = min(width, height)
+    # The border follows the pixel budget (4 px for every ~64^2 bucket).
+    border = max(2, round(_BORDER * (width * height) ** 0.5 / 64))
+    avail_x, avail_y = width - 2 * border, height - 2 * border
+    # Shape size follows the pixel budget (38-78 % of sqrt(w*h), exactly v1-v3's
+    # range at 64x64), with the top of the range cut to what the short side
+    # holds: a narrow bucket gets v3's absolute shape sizes (>= 24 px), not
+    # smaller ones -- v3's VAE turned a sixth of the 18-px squares into circles.
+    budget = (width * height) ** 0.5
+    # (Drawn inside the cut range rather than clipped, so sizes do not pile up at
+    # the top.)
+    extent = uniform(0.38 * budget, min(0.78 * budget, short - 2 * border))
     if shape == "triangle":
         w = extent
         h = extent * uniform(0.8, 1.0)
     else:
         w = h = extent
-    x0 = border + uniform(0.0, avail - w)
-    y0 = border + uniform(0.0, avail - h)
+    x0 = border + uniform(0.0, avail_x - w)
+    y0 = border + uniform(0.0, avail_y - h)
 
     s = _SUPERSAMPLE
-    big = Image.new("RGB", (size * s, size * s), bg_rgb)
+    big = Image.new("RGB", (width * s, height * s), bg_rgb)
     draw = ImageDraw.Draw(big)
     box = (x0 * s, y0 * s, (x0 + w) * s - 1, (y0 + h) * s - 1)
     if shape == "circle":
@@ -104,7 +128,7 @@ def render(
     else:
         apex = ((x0 + w / 2) * s, y0 * s)
         draw.polygon([apex, (box[0], box[3]), (box[2], box[3])], fill=fg_rgb)
-    return big.resize((size, size), Image.Resampling.BOX)
+    return big.resize((width, height), Image.Resampling.BOX)
 
 
 def _snap(rgb: np.ndarray) -> str:
@@ -115,15 +139,26 @@ def _snap(rgb: np.ndarray) -> str:
     return names[int(d.argmin())]
 
 
-def _largest_component(mask: np.ndarray) -> np.ndarray:
-    """Keep only the largest 4-connected component of a boolean mask.
+# A blob counts as a shape of its own (for ``judge``'s ``count``) from this share
+# of the image area on: 41 px at 64x64, well below the smallest rendered shape
+# (a 18-px triangle, ~160 px) and well above the few stray pixels a generated
+# image can carry.
+_MIN_BLOB_SHARE = 0.01
+
+
+def _largest_component(mask: np.ndarray, min_blob: int = 0) -> tuple[np.ndarray, int]:
+    """The largest 4-connected component of a boolean mask, and how many blobs have ``min_blob`` px.
 
     Generated images can carry a few stray off-background pixels; they would
-    inflate the bounding box and so the fill ratio, so only the main blob counts.
+    inflate the bounding box and so the fill ratio, so only the main blob is
+    measured. The count is what tells one shape from two (or a shape from a
+    shape with a detached fragment): the failure of a model asked for a size
+    it was not trained at is repeating its subject, which the largest blob
+    alone would hide.
     """
     h, w = mask.shape
     labels = np.zeros((h, w), dtype=np.int32)
-    best_label, best_size, current = 0, 0, 0
+    best_label, best_size, current, big = 0, 0, 0, 0
     for y, x in zip(*np.nonzero(mask), strict=True):
         if labels[y, x]:
             continue
@@ -140,7 +175,9 @@ def _largest_component(mask: np.ndarray) -> np.ndarray:
                     queue.append((ny, nx))
         if count > best_size:
             best_label, best_size = current, count
-    return labels == best_label if best_label else mask
+        if count >= min_blob:
+            big += 1
+    return (labels == best_label if best_label else mask), big
 
 
 def judge(image: Image.Image | np.ndarray) -> dict[str, Any]:
@@ -157,8 +194,9 @@ def judge(image: Image.Image | np.ndarray) -> dict[str, Any]:
       square (~1.0).
 
     Returns ``{"background": name, "colour": name, "shape": name}`` plus the
-    measured ``"fill"`` ratio (``None`` and ``"shape": None`` when there is no
-    shape at all).
+    measured ``"fill"`` ratio and ``"count"``, the number of shape blobs of at
+    least ``_MIN_BLOB_SHARE`` of the image area (``None`` / ``"shape": None`` /
+    count 0 when there is no shape at all). Works on any width and height.
     """
     if isinstance(image, Image.Image):
         arr = np.asarray(image.convert("RGB"), dtype=np.float64)
@@ -179,7 +217,7 @@ def judge(image: Image.Image | np.ndarray) -> dict[str, Any]:
     dist = np.sqrt(((arr - border_rgb) ** 2).sum(axis=-1))
     differing = dist > 60.0
     if differing.sum() < 4:
-        return {"background": background, "colour": None, "shape": None, "fill": None}
+        return {"background": background, "colour": None, "shape": None, "fill": None, "count": 0}
     colour_rgb = np.median(arr[differing], axis=0)
     colour = _snap(colour_rgb)
 
@@ -188,9 +226,16 @@ def judge(image: Image.Image | np.ndarray) -> dict[str, Any]:
     axis = colour_rgb - border_rgb
     denom = float((axis**2).sum())
     if denom < 1e-6:
-        return {"background": background, "colour": colour, "shape": None, "fill": None}
+        return {
+            "background": background,
+            "colour": colour,
+            "shape": None,
+            "fill": None,
+            "count": 0,
+        }
     t = ((arr - border_rgb) @ axis) / denom
-    mask = _largest_component(t >= 0.5)
+    min_blob = max(1, round(_MIN_BLOB_SHARE * arr.shape[0] * arr.shape[1]))
+    mask, count = _largest_component(t >= 0.5, min_blob)
     ys, xs = np.nonzero(mask)
     area = (ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1)
     fill = float(mask.sum()) / float(area)
@@ -200,7 +245,13 @@ def judge(image: Image.Image | np.ndarray) -> dict[str, Any]:
         shape = "circle"
     else:
         shape = "square"
-    return {"background": background, "colour": colour, "shape": shape, "fill": fill}
+    return {
+        "background": background,
+        "colour": colour,
+        "shape": shape,
+        "fill": fill,
+        "count": count,
+    }
 
 
 def adherence(
@@ -208,8 +259,11 @@ def adherence(
 ) -> dict[str, float]:
     """Share of images whose judged background, shape colour and shape type match the prompt.
 
-    One scoring rule for the CI test, the training script's sampler selection and the
-    evaluation script, so the model card and the test cannot drift apart.
+    ``one_right`` is the strict score: right background, colour and shape *and*
+    exactly one shape blob (``judge``'s ``count``), i.e. the image is what the
+    prompt asked for. One scoring rule for the CI test, the training script's
+    sampler selection and the evaluation script, so the model card and the test
+    cannot drift apart.
     """
     pairs = list(zip(combos, verdicts, strict=True))
     n = len(pairs)
@@ -217,6 +271,11 @@ def adherence(
         "background": sum(v["background"] == bg for (_, _, bg), v in pairs) / n,
         "colour": sum(v["colour"] == colour for (_, colour, _), v in pairs) / n,
         "shape": sum(v["shape"] == shape for (shape, _, _), v in pairs) / n,
+        "one_right": sum(
+            (v["shape"], v["colour"], v["background"]) == combo and v.get("count") == 1
+            for combo, v in pairs
+        )
+        / n,
     }
 
 
