@@ -291,6 +291,7 @@ def test_performance_md_reports_every_benchmark_with_its_command_and_output() ->
         "cold_start",
         "memory",
         "scale",
+        "scale_out",
         "service_batching",
         "size_policy",
         "task_switch",

@@ -275,6 +275,8 @@ def test_an_expired_lease_is_recovered_by_exactly_one_process(pg_url: str, tmp_p
         (["worker", "--queue", "sqlite:///{tmp}/q.sqlite3"], "--queue"),
         (["serve", "--queue", "redis://localhost/0"], "queue"),
         (["serve", "--lease-s", "0"], "--lease-s"),
+        (["serve", "--executor", "spark"], "executor"),
+        (["serve", "--replicas", "0"], "--replicas"),
     ],
 )
 def test_process_roles_that_cannot_work_are_refused(

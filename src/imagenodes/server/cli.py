@@ -32,8 +32,16 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
     """The service settings the shared flags (and serve's HTTP ones) give."""
     from imagenodes.server.settings import ServerSettings
 
-    if args.workers < 0:
-        raise InputError(f"--workers must be 0 or more (got {args.workers})", field="--workers")
+    if args.replicas < 1:
+        raise InputError(f"--replicas must be 1 or more (got {args.replicas})", field="--replicas")
+    # With Ray, a worker thread only dispatches: one per replica keeps them all busy.
+    workers = (
+        args.workers
+        if args.workers is not None
+        else (1 if args.executor == "local" else args.replicas)
+    )
+    if workers < 0:
+        raise InputError(f"--workers must be 0 or more (got {workers})", field="--workers")
     if args.lease_s <= 0:
         raise InputError(f"--lease-s must be positive (got {args.lease_s})", field="--lease-s")
     return ServerSettings(
@@ -42,7 +50,11 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         state_dir=Path(args.state) if args.state else None,
         queue=args.queue,
         token=getattr(args, "token", None),
-        workers=args.workers,
+        workers=workers,
+        executor=args.executor,
+        replicas=args.replicas,
+        replica_threads=args.replica_threads,
+        connections_file=getattr(args, "connections", None),
         batch_window_ms=args.batch_window_ms,
         max_queue=getattr(args, "max_queue", 100),
         on_restart=args.on_restart,
@@ -107,7 +119,7 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
     sys.stderr.write(
         f"imagenodes serving http://{_url_host(settings.host)}:{settings.port}/v1 "
         f"(workspace {host.workspace.url}, queue {_queue_name(settings)}, "
-        f"{settings.workers} worker(s))\n"
+        f"{settings.workers} worker(s), executor {settings.executor})\n"
     )
     sys.stderr.flush()
     try:
@@ -168,7 +180,8 @@ def cmd_worker(args: argparse.Namespace, out: TextIO) -> int:
     service.start()
     sys.stderr.write(
         f"imagenodes worker {service.owner} running {settings.workers} worker(s) on "
-        f"{redact_url(settings.queue)} (workspace {host.workspace.url})\n"
+        f"{redact_url(settings.queue)} (workspace {host.workspace.url}, "
+        f"executor {settings.executor})\n"
     )
     sys.stderr.flush()
     try:
@@ -190,7 +203,7 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def _add_queue_options(p: argparse.ArgumentParser, *, workers: int) -> None:
+def _add_queue_options(p: argparse.ArgumentParser) -> None:
     """The flags ``serve`` and ``worker`` share: workspace, queue and how jobs run."""
     p.add_argument("--workspace", dest="serve_workspace", default=None, help="workspace URL")
     p.add_argument("--state", default=None, help="state dir (SQLite queue, webhook secret)")
@@ -200,7 +213,25 @@ def _add_queue_options(p: argparse.ArgumentParser, *, workers: int) -> None:
         help="job queue: postgresql://user@host/db (shared by several processes) or "
         "sqlite:///path (default: SQLite in the state dir)",
     )
-    p.add_argument("--workers", type=int, default=workers, help="jobs run at once")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="jobs run at once (default 1; with --executor ray, one per replica)",
+    )
+    p.add_argument(
+        "--executor",
+        default="local",
+        help="where jobs generate: local (this process) or ray / ray://host:port "
+        "(replicas on a Ray cluster; the ray extra)",
+    )
+    p.add_argument("--replicas", type=int, default=1, help="with --executor ray: replicas")
+    p.add_argument(
+        "--replica-threads",
+        type=int,
+        default=None,
+        help="with --executor ray: torch threads per CPU replica",
+    )
     p.add_argument(
         "--batch-window-ms",
         type=float,
@@ -233,7 +264,7 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8188)
     p.add_argument("--token", default=None, help="bearer token (or IMAGENODES_TOKEN)")
-    _add_queue_options(p, workers=1)
+    _add_queue_options(p)
     p.add_argument("--max-queue", type=int, default=100, help="queued jobs before 429")
     p.add_argument(
         "--cors-origin", action="append", default=None, help="allowed browser origin (repeat)"
@@ -244,5 +275,5 @@ def add_commands(sub: Any) -> None:
         "worker",
         help="run jobs from a shared queue without serving HTTP (--queue postgresql://…)",
     )
-    _add_queue_options(w, workers=1)
+    _add_queue_options(w)
     w.set_defaults(func=cmd_worker)

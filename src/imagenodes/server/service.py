@@ -39,6 +39,7 @@ from imagenodes.errors import (
 )
 from imagenodes.registry.context import CancelToken
 from imagenodes.registry.events import Event
+from imagenodes.server.executor import Executor, LocalExecutor, NodeRun
 from imagenodes.server.settings import ServerSettings
 from imagenodes.server.store import TERMINAL, JobEvent, JobRecord, JobStore
 from imagenodes.server.webhooks import EVENT_TYPES, WebhookSender
@@ -55,6 +56,31 @@ _EVENT_TYPES = {
     "step": "node.progress",
     "image_stored": "image.stored",
 }
+
+
+def open_executor(settings: ServerSettings, host: Host) -> Executor:
+    """The executor ``--executor`` names: ``local`` or ``ray[://address]``."""
+    spec = settings.executor
+    if spec == "local":
+        return LocalExecutor(host)
+    if spec == "ray" or spec.startswith("ray://"):
+        try:
+            from imagenodes.server.ray_executor import RayExecutor
+        except ImportError as exc:
+            raise InputError(
+                f"--executor ray needs Ray ({exc.name}); pip install 'imagenodes[ray]'",
+                field="executor",
+            ) from None
+        return RayExecutor(
+            host,
+            address=spec if spec.startswith("ray://") else None,
+            replicas=settings.replicas,
+            threads=settings.replica_threads,
+            connections_file=settings.connections_file,
+        )
+    raise InputError(
+        f"executor must be local, ray or ray://host:port (got {spec!r})", field="executor"
+    )
 
 
 def body_hash(body: Mapping[str, Any]) -> str:
@@ -115,8 +141,13 @@ class JobService:
         settings: ServerSettings,
         store: JobStore,
         webhooks: WebhookSender | None = None,
+        executor: Executor | None = None,
     ) -> None:
         self.host = host
+        #: Where node jobs generate (``--executor``); flows run their steps here.  One
+        #: passed in is the caller's to close; one opened from the settings is ours.
+        self.executor = executor or open_executor(settings, host)
+        self._owns_executor = executor is None
         self.webhooks = webhooks
         #: job id → (webhook URL, wanted event types), or None: looked up once per job.
         self._hooks: dict[str, tuple[str, tuple[str, ...]] | None] = {}
@@ -134,7 +165,9 @@ class JobService:
 
     # -- lifecycle ------------------------------------------------------------------
     def start(self) -> None:
-        if self.settings.workers > 1:
+        if self.settings.workers > 0 and self._owns_executor:
+            self.executor.start()  # one passed in was started by its owner
+        if self.settings.workers > 1 and isinstance(self.executor, LocalExecutor):
             # Concurrent workers are what batching coalesces (engine/batching.py).
             self.host.engine.enable_batching(self.settings.batch_window_ms)
         if self.webhooks is not None:
@@ -166,6 +199,8 @@ class JobService:
             thread.join(max(0.0, deadline - time.monotonic()))
         if self.webhooks is not None:
             self.webhooks.stop()
+        if self._owns_executor:
+            self.executor.close()
 
     def recover(self) -> None:
         """Jobs left running by a process that died: re-queue them (bounded) or fail.
@@ -449,18 +484,15 @@ class JobService:
                 token=token,
             )
             return dict(flow_result.to_dict())
-        result = self.host.run(
-            job.node,
-            body.get("inputs") or {},
-            connections=body.get("connections"),
-            on_event=on_event,
+        node_run = NodeRun(
+            node=job.node,
+            inputs=body.get("inputs") or {},
             run_id=run_id,
-            token=token,
+            connections=body.get("connections"),
             timeout=self.settings.job_timeout,
         )
-        out = result.to_dict()
-        out["notices"] = result.notices
-        refs = self.host.workspace.refs_in(result.outputs)
+        out = self.executor.run(node_run, on_event=on_event, token=token)
+        refs = self.host.workspace.refs_in(out["outputs"])
         out["urls"] = [url for ref in refs if (url := file_url(self.host, ref)) is not None]
         return out
 

@@ -29,6 +29,16 @@ class ServerSettings:
     #: Jobs this process runs at once; 0 makes an API-only process (a shared queue's
     #: workers are other processes: ``imagenodes worker``).
     workers: int = 1
+    #: Where node jobs generate: ``local`` (this process) or ``ray`` / ``ray://address``
+    #: (replicas on a Ray cluster holding warm pipelines; docs/scaling.md).
+    executor: str = "local"
+    #: Ray replicas (actors), each running one job at a time.
+    replicas: int = 1
+    #: torch threads per CPU replica (None: torch's default).
+    replica_threads: int | None = None
+    #: The connections TOML the service was started with (``--connections``), for Ray
+    #: replicas to open the same connections.
+    connections_file: str | None = None
     #: With several workers, compatible jobs arriving within this window share one
     #: pipeline call (cross-request batching); 0 turns it off.
     batch_window_ms: float = 20.0
