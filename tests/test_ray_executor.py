@@ -292,3 +292,32 @@ def test_api_workers_and_replica_share_one_s3_workspace(
         assert not any(".imagenodes-tmp" in key for key in keys)
     finally:
         moto.stop()
+
+
+def test_a_replica_taking_several_jobs_batches_them_into_shared_calls(
+    ray_local: None, tmp_path: Path
+) -> None:
+    """``--replica-jobs 4``: four concurrent compatible jobs on one replica share pipeline
+    calls (the engine's cross-request batching, at the replica), each with its own seed
+    and the images a solo run of that seed makes."""
+    from imagenodes.server.ray_executor import RayExecutor
+
+    host = Host(tmp_path / "ws")
+    batched = RayExecutor(host, replicas=1, threads=1, jobs_per_replica=4, batch_window_ms=50)
+    batched.start()
+    try:
+        assert len(batched._actors) == 1 and batched._free.qsize() == 4
+        _run(batched, 0, steps=3)  # loads the pipeline
+        (replica,) = batched._actors
+        before = ray.get(replica.calls_made.remote())
+        with ThreadPoolExecutor(4) as pool:
+            outs = list(pool.map(lambda seed: _run(batched, seed, steps=3), (11, 12, 13, 14)))
+        calls = ray.get(replica.calls_made.remote()) - before
+        assert calls < 4, calls  # at least two jobs shared a call
+        assert [out["seeds"] for out in outs] == [[11], [12], [13], [14]]
+        solo = host.run("generate_image_v2", {**INPUTS, "steps": 3, "seed": 13})
+        a = pixels(host, outs[2]["outputs"]["images"][0])
+        b = pixels(host, solo.outputs["images"][0])
+        assert float(np.abs(a - b).max()) <= 2
+    finally:
+        batched.close()

@@ -277,6 +277,7 @@ def test_an_expired_lease_is_recovered_by_exactly_one_process(pg_url: str, tmp_p
         (["serve", "--lease-s", "0"], "--lease-s"),
         (["serve", "--executor", "spark"], "executor"),
         (["serve", "--replicas", "0"], "--replicas"),
+        (["serve", "--replica-jobs", "0"], "--replica-jobs"),
     ],
 )
 def test_process_roles_that_cannot_work_are_refused(

@@ -34,11 +34,15 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
 
     if args.replicas < 1:
         raise InputError(f"--replicas must be 1 or more (got {args.replicas})", field="--replicas")
-    # With Ray, a worker thread only dispatches: one per replica keeps them all busy.
+    if args.replica_jobs < 1:
+        raise InputError(
+            f"--replica-jobs must be 1 or more (got {args.replica_jobs})", field="--replica-jobs"
+        )
+    # With Ray, a worker thread only dispatches: one per replica slot keeps them all busy.
     workers = (
         args.workers
         if args.workers is not None
-        else (1 if args.executor == "local" else args.replicas)
+        else (1 if args.executor == "local" else args.replicas * args.replica_jobs)
     )
     if workers < 0:
         raise InputError(f"--workers must be 0 or more (got {workers})", field="--workers")
@@ -53,6 +57,7 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         workers=workers,
         executor=args.executor,
         replicas=args.replicas,
+        replica_jobs=args.replica_jobs,
         replica_threads=args.replica_threads,
         connections_file=getattr(args, "connections", None),
         batch_window_ms=args.batch_window_ms,
@@ -217,7 +222,7 @@ def _add_queue_options(p: argparse.ArgumentParser) -> None:
         "--workers",
         type=int,
         default=None,
-        help="jobs run at once (default 1; with --executor ray, one per replica)",
+        help="jobs run at once (default 1; with --executor ray, one per replica job slot)",
     )
     p.add_argument(
         "--executor",
@@ -226,6 +231,13 @@ def _add_queue_options(p: argparse.ArgumentParser) -> None:
         "(replicas on a Ray cluster; the ray extra)",
     )
     p.add_argument("--replicas", type=int, default=1, help="with --executor ray: replicas")
+    p.add_argument(
+        "--replica-jobs",
+        type=int,
+        default=1,
+        help="with --executor ray: jobs a replica runs at once, batched into shared "
+        "pipeline calls (--batch-window-ms)",
+    )
     p.add_argument(
         "--replica-threads",
         type=int,

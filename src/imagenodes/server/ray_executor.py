@@ -67,6 +67,7 @@ class Replica:
         connections_file: str | None,
         threads: int | None,
         storage_options: dict[str, Any] | None = None,
+        batch_window_ms: float = 0.0,
     ) -> None:
         if threads:
             import torch
@@ -77,7 +78,15 @@ class Replica:
         self.host = Host(
             workspace, connections_file=connections_file, storage_options=storage_options
         )
+        if batch_window_ms > 0:
+            # Several jobs at once on this replica: compatible ones share pipeline
+            # calls, as concurrent workers do on a local service (engine/batching.py).
+            self.host.engine.enable_batching(batch_window_ms)
         self._tokens: dict[str, CancelToken] = {}
+
+    def calls_made(self) -> int:
+        """Pipeline calls this replica made (batched jobs share one)."""
+        return int(self.host.engine.calls_made)
 
     def ready(self) -> str:
         """The health check: where this replica runs (``host:pid``)."""
@@ -159,8 +168,15 @@ class RayExecutor:
         threads: int | None = None,
         connections_file: str | None = None,
         gpus_per_replica: float | None = None,
+        jobs_per_replica: int = 1,
+        batch_window_ms: float = 20.0,
     ) -> None:
         self.host = host
+        #: Jobs a replica runs at once (Ray Serve's ``max_ongoing_requests``): with more
+        #: than one, the replica batches compatible ones into shared pipeline calls
+        #: within ``batch_window_ms``.
+        self.jobs_per_replica = max(1, jobs_per_replica)
+        self.batch_window_ms = batch_window_ms
         self.address = address
         self.replicas = replicas
         self.threads = threads
@@ -191,7 +207,8 @@ class RayExecutor:
         actor = ray.remote(Replica).options(
             num_cpus=0 if gpus else 1,
             num_gpus=gpus,
-            max_concurrency=4,  # run + cancel + ready at once (a threaded actor)
+            # its jobs + cancel + ready at once (a threaded actor)
+            max_concurrency=self.jobs_per_replica + 3,
             max_restarts=-1,  # a dead replica is replaced
             max_task_retries=0,  # a job is not re-run behind the service's back
             runtime_env={"env_vars": env} if env else None,
@@ -204,12 +221,14 @@ class RayExecutor:
                 # The service's own workspace options (an S3 endpoint, credentials):
                 # every replica must read and write the very same storage.
                 self.host.workspace.storage_options,
+                self.batch_window_ms if self.jobs_per_replica > 1 else 0.0,
             )
             self._actors.append(handle)
         where = ray.get([handle.ready.remote() for handle in self._actors], timeout=600)
         log.info("%d Ray replica(s) ready: %s", len(where), ", ".join(where))
-        for handle in self._actors:
-            self._free.put(handle)
+        for _ in range(self.jobs_per_replica):  # one slot per job a replica takes
+            for handle in self._actors:
+                self._free.put(handle)
 
     def run(
         self, job: NodeRun, *, on_event: Callable[[Event], None], token: CancelToken

@@ -77,6 +77,8 @@ def open_executor(settings: ServerSettings, host: Host) -> Executor:
             replicas=settings.replicas,
             threads=settings.replica_threads,
             connections_file=settings.connections_file,
+            jobs_per_replica=settings.replica_jobs,
+            batch_window_ms=settings.batch_window_ms,
         )
     raise InputError(
         f"executor must be local, ray or ray://host:port (got {spec!r})", field="executor"

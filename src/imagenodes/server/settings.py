@@ -34,6 +34,9 @@ class ServerSettings:
     executor: str = "local"
     #: Ray replicas (actors), each running one job at a time.
     replicas: int = 1
+    #: Jobs each Ray replica runs at once; above 1 it batches compatible ones into
+    #: shared pipeline calls (``batch_window_ms``).
+    replica_jobs: int = 1
     #: torch threads per CPU replica (None: torch's default).
     replica_threads: int | None = None
     #: The connections TOML the service was started with (``--connections``), for Ray
