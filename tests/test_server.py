@@ -606,8 +606,11 @@ def test_a_flow_runs_as_one_job_whose_events_name_the_step(serve: Callable[..., 
         assert steps == ["first", "second"]
         progress = {e["step_id"] for e in events if e["type"] == "node.progress"}
         assert progress == {"first", "second"}
-        for url in (e["data"]["url"] for e in events if e["type"] == "image.stored"):
+        stored = [e["data"]["url"] for e in events if e["type"] == "image.stored"]
+        for url in stored:
             assert c.get(url).status_code == 200
+        # The job itself lists every step's images, as a node job lists its own.
+        assert job["urls"] == stored and c.get(f"/v1/jobs/{job['id']}").json()["urls"] == stored
         bad = c.post("/v1/flows/run", json={"flow": {"steps": [{"id": "x", "type": "Nope"}]}})
         assert bad.status_code in (404, 422) and "error" in bad.json()
 

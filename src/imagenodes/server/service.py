@@ -485,7 +485,9 @@ class JobService:
                 connections=body.get("connections"),
                 token=token,
             )
-            return dict(flow_result.to_dict())
+            flow_out = dict(flow_result.to_dict())
+            flow_out["urls"] = self._urls(flow_out.get("results"))  # every step's images
+            return flow_out
         node_run = NodeRun(
             node=job.node,
             inputs=body.get("inputs") or {},
@@ -494,9 +496,13 @@ class JobService:
             timeout=self.settings.job_timeout,
         )
         out = self.executor.run(node_run, on_event=on_event, token=token)
-        refs = self.host.workspace.refs_in(out["outputs"])
-        out["urls"] = [url for ref in refs if (url := file_url(self.host, ref)) is not None]
+        out["urls"] = self._urls(out["outputs"])
         return out
+
+    def _urls(self, outputs: Any) -> list[str]:
+        """``/v1/files/…`` URLs of the workspace references in ``outputs``, in order."""
+        refs = self.host.workspace.refs_in(outputs)
+        return [url for ref in refs if (url := file_url(self.host, ref)) is not None]
 
 
 def _cancelled(job_id: str) -> dict[str, Any]:
