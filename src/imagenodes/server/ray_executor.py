@@ -100,6 +100,7 @@ class Replica:
         streamed item is serialised and stored by this process while the pipeline runs,
         and one per denoising step cost a 20-step job ~12 % (bench/scale_out.py)."""
         run_id = job.run_id
+        received = time.time()  # wall clock: the caller's dispatch time ends here
         token = CancelToken()
         self._tokens[run_id] = token
         items: queue.Queue[tuple[str, Any] | None] = queue.Queue()
@@ -113,6 +114,7 @@ class Replica:
                     token=token,
                 )
                 out["replica"] = self.ready()
+                out["replica_received"] = received
                 items.put(("result", out))
             except ImageNodesError as exc:
                 items.put(("error", {**exc.to_dict(), "reason": token.reason}))
