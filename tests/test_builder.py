@@ -139,7 +139,7 @@ def open_page(browser: Any) -> Iterator[Callable[[str], Page]]:
     errors: list[str] = []
     contexts: list[Any] = []
 
-    def open_(url: str) -> Page:
+    def open_(url: str, before: Callable[[Page], None] | None = None) -> Page:
         context = browser.new_context(
             viewport={"width": 1280, "height": 1400}, accept_downloads=True
         )
@@ -148,6 +148,8 @@ def open_page(browser: Any) -> Iterator[Callable[[str], Page]]:
         page.set_default_timeout(20_000)
         page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
         page.on("pageerror", lambda e: errors.append(f"page error: {e}"))
+        if before is not None:
+            before(page)
         page.goto(url)
         return page
 
@@ -320,6 +322,13 @@ def test_form_from_the_schema(served: Served, open_page: Callable[[str], Page]) 
     assert wired == dict.fromkeys(
         ["image_to_image_1", "image_to_image_2"], "$.results.generate_image_v2_1.images.0"
     )
+    # Removing a wire by keyboard: the wired node's "Remove wire into" button.
+    unwire = edit.get_by_role("button", name="Remove wire into Source Image of Image to Image 2")
+    unwire.focus()
+    page.keyboard.press("Enter")
+    expect(unwire).to_have_count(0)
+    expect(edit.get_by_label("Upload Source Image", exact=True)).to_be_attached()  # back
+    expect(edit.get_by_label("Wire Source Image from", exact=True)).to_be_focused()
     i2i.get_by_role("button", name="Delete Image to Image").click()
     expect(node(page, "Image to Image")).to_have_count(0)
 
@@ -621,3 +630,22 @@ def test_a_hand_written_seed_flow_loads_and_saves_back(
         "$.results.dynamicImageGenerator.images.0"
     )
     assert saved["steps"][1]["parameters"]["steps"] == 2
+
+
+def test_a_flow_chosen_before_the_catalog_arrives_is_loaded_once_it_does(
+    served: Served, open_page: Callable[..., Page], tmp_path: Path
+) -> None:
+    """The catalog request is held back while the user picks a flow file: the page waits
+    for the catalog, then loads the file (not 'no node for step type')."""
+    held: list[Any] = []
+    flow = {"steps": [{"id": "board", "type": "checkerboard", "parameters": {"size": 16}}]}
+    path = tmp_path / "early.json"
+    path.write_text(json.dumps(flow))
+    page = open_page(served.url, lambda p: p.route("**/v1/nodes", lambda route: held.append(route)))
+    expect(page.locator("#status")).to_have_text("Loading the node catalog…")
+    page.get_by_label("Load flow").set_input_files(str(path))
+    page.wait_for_timeout(300)  # the file is read; the catalog is still held
+    assert len(held) == 1 and node(page, "Checkerboard (board)").count() == 0
+    held[0].continue_()
+    expect(node(page, "Checkerboard (board)").get_by_label("Size", exact=True)).to_have_value("16")
+    expect(page.locator("#status")).to_have_text("Loaded early.json.")

@@ -316,6 +316,9 @@ function statusPanel(state) {
   const notices = el("ul", { class: "notices", "aria-label": `Notices of ${state.label}` });
   const error = el("p", { class: "node-error", role: "alert", hidden: true });
   const thumbs = el("div", { class: "thumbs" });
+  // One "Remove wire into <field>" button per wired input: a wire is removed by
+  // keyboard (or click) here, since a wired field's own control leaves its row.
+  const wires = el("div", { class: "unwire" });
   const remove = el("button", {
     type: "button",
     class: "delete",
@@ -323,8 +326,8 @@ function statusPanel(state) {
     "aria-label": `Delete ${state.label}`,
     onclick: () => viewModel.displayedGraph.removeNode(state.node),
   });
-  const panel = isolate(el("div", { class: "node-status" }, el("div", { class: "progress-row" }, progress, stepText), error, notices, thumbs, remove));
-  Object.assign(panel, { bar, progress, stepText, notices, error, thumbs });
+  const panel = isolate(el("div", { class: "node-status" }, el("div", { class: "progress-row" }, progress, stepText), error, notices, thumbs, wires, remove));
+  Object.assign(panel, { bar, progress, stepText, notices, error, thumbs, wires });
   return panel;
 }
 
@@ -367,8 +370,44 @@ function currentFlow() {
 }
 
 let saveTimer = null;
+/** The remove-wire buttons of every node: one per connection into it. */
+function refreshUnwire() {
+  const graph = viewModel.displayedGraph;
+  for (const state of nodes.values()) {
+    const buttons = [];
+    for (const connection of graph.connections) {
+      const into = ports.get(connection.to.id);
+      const from = ports.get(connection.from.id);
+      if (!into || into.nodeId !== state.id) continue;
+      const field = state.fields.find((f) => f.name === into.name);
+      const source = from && nodes.get(from.nodeId);
+      const title = field ? field.title : into.name;
+      buttons.push(
+        el("button", {
+          type: "button",
+          class: "unwire-button",
+          text: `Remove wire into ${title}`,
+          "aria-label": `Remove wire into ${title} of ${state.label}`,
+          onclick: () => {
+            graph.removeConnection(connection);
+            say(`Removed the wire${source ? ` from ${source.label}` : ""} into ${title} of ${state.label}.`);
+            // The field's own control is back in its row: put the focus on it.
+            setTimeout(() => {
+              const control = state.controls[into.name];
+              const target = control && (control.wire && !control.wire.hidden ? control.wire : control.input);
+              if (target) target.focus();
+            }, 0);
+          },
+        }),
+      );
+    }
+    state.status.wires.replaceChildren(...buttons);
+  }
+}
+
 function changed() {
   refreshWires();
+  refreshUnwire();
   clearTimeout(saveTimer);
   saveTimer = setTimeout(() => {
     try {
@@ -610,9 +649,18 @@ function saveFile() {
   say("Saved flow.json (also kept in this browser).");
 }
 
+/** Resolved once the catalog is in: a flow chosen before that waits for it (and then
+ * replaces a graph restored from localStorage, since the user picked it). */
+let catalogReady;
+const catalogLoaded = new Promise((resolve) => {
+  catalogReady = resolve;
+});
+
 async function loadFile(file) {
   try {
-    loadFlow(JSON.parse(await file.text()));
+    const text = await file.text();
+    await catalogLoaded;
+    loadFlow(JSON.parse(text));
     say(`Loaded ${file.name}.`);
   } catch (error) {
     say(`Cannot load ${file.name}: ${error.message}`, true);
@@ -716,6 +764,7 @@ async function start() {
   const entries = await loadCatalog();
   for (const entry of entries) catalog.set(entry.id, entry);
   palette(entries);
+  catalogReady();
   const saved = localStorage.getItem(STORE_KEY);
   if (saved) {
     try {
