@@ -254,6 +254,59 @@ def test_malformed_flows_are_refused_before_running(runner: FlowRunner, flow, fi
     assert info.value.field == field
 
 
+def _two_step(steps: int) -> dict[str, Any]:
+    return {
+        "input": {"type": "object", "properties": {"p": {"type": "string"}}},
+        "steps": [
+            {
+                "id": "gen",
+                "type": "GenerateImageV2",
+                "parameters": {"prompt": "$.input.p", "negative_prompt": "", "steps": 2},
+            },
+            {
+                "id": "edit",
+                "type": "image-to-image",
+                "parameters": {
+                    "source_image": "$.results.gen.images[0]",  # a wire
+                    "prompt": "$.input.p",
+                    "negative_prompt": "",
+                    "steps": steps,
+                },
+            },
+        ],
+    }
+
+
+def test_preflight_checks_a_wired_step_before_anything_runs(runner: FlowRunner) -> None:
+    runner.preflight(_two_step(20), {"p": "a red circle"})  # valid: nothing raised
+    with pytest.raises(ImageNodesError) as info:
+        runner.preflight(_two_step(80), {"p": "a red circle"})
+    assert info.value.code == "INVALID_STEPS"
+    assert info.value.field == "steps.edit.parameters.steps"
+    assert info.value.details["step"] == "edit"
+    with pytest.raises(ImageNodesError) as info:  # the flow input is checked too
+        runner.preflight(_two_step(20), {"p": 5})
+    assert info.value.field.startswith("input")
+
+
+def test_preflight_leaves_steps_built_from_results_to_run_time(runner: FlowRunner) -> None:
+    flow = {
+        "steps": [
+            {"id": "s1", "type": "ObjectGenerator", "parameters": {"count": 2, "input": "x"}},
+            {
+                "id": "s2",
+                "type": "ImageGenerator",
+                # A result inside a value: unknown until s1 ran, so not checked now —
+                # although its width (100) would be refused at run time.
+                "parameters": {
+                    "images": [["@Map($.results.s1.prompts)", {"prompt": "$$", "width": 100}]]
+                },
+            },
+        ]
+    }
+    runner.preflight(flow, {})
+
+
 def test_later_steps_only_see_earlier_results(runner: FlowRunner) -> None:
     flow = {
         "steps": [

@@ -613,6 +613,14 @@ def test_a_flow_runs_as_one_job_whose_events_name_the_step(serve: Callable[..., 
         assert job["urls"] == stored and c.get(f"/v1/jobs/{job['id']}").json()["urls"] == stored
         bad = c.post("/v1/flows/run", json={"flow": {"steps": [{"id": "x", "type": "Nope"}]}})
         assert bad.status_code in (404, 422) and "error" in bad.json()
+        # A bad value in the wired second step is refused at submission: no job, no run.
+        before = c.get("/v1/jobs").json()["jobs"]
+        flow["steps"][1]["parameters"]["steps"] = 80
+        late = c.post("/v1/flows/run", json={"flow": flow, "inputs": {"prompt": "a circle"}})
+        assert late.status_code == 422, late.text
+        error = late.json()["error"]
+        assert (error["code"], error["field"]) == ("INVALID_STEPS", "steps.second.parameters.steps")
+        assert c.get("/v1/jobs").json()["jobs"] == before
 
 
 # -- graceful shutdown -------------------------------------------------------------------------

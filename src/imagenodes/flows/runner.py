@@ -36,6 +36,7 @@ from typing import Any
 from imagenodes.errors import ImageNodesError, InputError, UnknownNodeError
 from imagenodes.registry.context import CancelToken
 from imagenodes.registry.events import Event
+from imagenodes.sdk import image_ref_fields
 
 #: ``$.input...``, ``$.results...``: dotted keys and [index] parts.
 _REF = re.compile(r"^\$\.(?:input|results)(?:\.[^.\[\]\s]+|\[\d+\])*$")
@@ -282,6 +283,40 @@ class FlowRunner:
         ]
 
     # -- running --------------------------------------------------------------------
+    def preflight(
+        self, flow: str | Path | Mapping[str, Any], inputs: Mapping[str, Any] | None = None
+    ) -> None:
+        """Validate before anything runs what can be: the structure, the flow input, and
+        every step whose only references to earlier results are whole image inputs (a
+        builder's wires) — such a reference stands for the image the step will get, and
+        the rest of the step is checked as its node checks it.
+
+        So a bad value in the last step is refused at submission, not after the steps
+        before it have generated.  A step with other references to results (a ``@Map``
+        over them, a result inside a value) is validated when it starts, as before.
+        Raises the first error, with the step's field (``steps.<id>.parameters.…``).
+        """
+        data = load_flow(flow)
+        steps = self.check(data)
+        scope = {"input": self.validate_input(data, inputs or {}), "results": {}}
+        for step in steps:
+            images = image_ref_fields(self.host.node(step["node"]).Input)
+            params = dict(step["parameters"])
+            if any(
+                _uses_results(value) and not _wired(value, images.get(name))
+                for name, value in params.items()
+            ):
+                continue
+            where = f"steps.{step['id']}.parameters"
+            try:
+                wired = {n: v for n, v in params.items() if _uses_results(v)}
+                rest = {n: v for n, v in params.items() if n not in wired}
+                # A wire's reference string stands in for its image: image inputs are
+                # plain strings until the host loads them at run time.
+                self.host.validate(step["node"], {**self.substitute(rest, scope, where), **wired})
+            except ImageNodesError as exc:
+                raise _step_error(exc, step) from exc
+
     def run(
         self,
         flow: str | Path | Mapping[str, Any],
@@ -332,6 +367,32 @@ class FlowRunner:
                 on_step(record)
         result.widgets = _widgets(data, result.results)
         return result
+
+
+def _uses_results(value: Any) -> bool:
+    """Whether a parameter value refers to an earlier step's results anywhere."""
+    if isinstance(value, str):
+        map_ = _MAP.match(value)
+        return value.startswith("$.results") or bool(map_ and map_.group(1).startswith("$.results"))
+    if isinstance(value, list):
+        return any(_uses_results(v) for v in value)
+    if isinstance(value, Mapping):
+        return any(_uses_results(v) for v in value.values())
+    return False
+
+
+def _wired(value: Any, is_list: bool | None) -> bool:
+    """A wire: an image input (``is_list`` not None) given one result reference, or a
+    list image input given a list of plain values and result references."""
+    if is_list is None:
+        return False
+    if isinstance(value, str):
+        return bool(_REF.match(value))
+    return (
+        bool(is_list)
+        and isinstance(value, list)
+        and all(isinstance(v, str) and (not v.startswith("$") or _REF.match(v)) for v in value)
+    )
 
 
 def _is_map(value: list[Any]) -> bool:

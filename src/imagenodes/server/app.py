@@ -404,7 +404,8 @@ def create_app(
     ) -> JSONResponse:
         from imagenodes.flows.runner import FlowRunner
 
-        await asyncio.to_thread(FlowRunner(host).check, request_.flow)
+        # Every step that can be checked before anything runs is (a wired step too).
+        await asyncio.to_thread(FlowRunner(host).preflight, request_.flow, request_.inputs)
         job, _ = await asyncio.to_thread(
             service.submit, request_.model_dump(exclude_none=True), kind="flow"
         )
