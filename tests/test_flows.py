@@ -289,6 +289,15 @@ def test_preflight_checks_a_wired_step_before_anything_runs(runner: FlowRunner) 
     assert info.value.field.startswith("input")
 
 
+def test_a_flow_with_a_bad_wired_step_runs_nothing(runner: FlowRunner) -> None:
+    """``run`` preflights too: the first step does not generate (no torch, no run folder)
+    when the second would be refused."""
+    with pytest.raises(ImageNodesError) as info:
+        runner.run(_two_step(80), {"p": "a red circle"})
+    assert info.value.field == "steps.edit.parameters.steps"
+    assert not runner.host.workspace.exists("runs")
+
+
 def test_preflight_leaves_steps_built_from_results_to_run_time(runner: FlowRunner) -> None:
     flow = {
         "steps": [

@@ -298,7 +298,10 @@ class FlowRunner:
         """
         data = load_flow(flow)
         steps = self.check(data)
-        scope = {"input": self.validate_input(data, inputs or {}), "results": {}}
+        self._preflight_steps(steps, self.validate_input(data, inputs or {}))
+
+    def _preflight_steps(self, steps: list[dict[str, Any]], values: dict[str, Any]) -> None:
+        scope = {"input": values, "results": {}}
         for step in steps:
             images = image_ref_fields(self.host.node(step["node"]).Input)
             params = dict(step["parameters"])
@@ -327,7 +330,8 @@ class FlowRunner:
         on_step: Callable[[StepRecord], None] | None = None,
         token: CancelToken | None = None,
     ) -> FlowResult:
-        """Run every step in order; the first failing step stops the flow.
+        """Run every step in order; the first failing step stops the flow (one that can
+        be checked before anything runs — see :meth:`preflight` — stops it before).
 
         A step's error keeps its code; its message and field are prefixed with the
         step id, and ``details.step`` names it.  Every event carries ``step_id`` in its
@@ -336,6 +340,7 @@ class FlowRunner:
         data = load_flow(flow)
         steps = self.check(data)
         values = self.validate_input(data, inputs or {})
+        self._preflight_steps(steps, values)  # a bad later step: nothing runs at all
         result = FlowResult(title=data.get("title"), input=values)
         scope = {"input": values, "results": result.results}
         for step in steps:
