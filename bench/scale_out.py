@@ -55,8 +55,9 @@ def job_inputs(seed: int) -> dict[str, Any]:
     }
 
 
-def run_job(executor: Any, seed: int, connections: Any) -> dict[str, Any]:
-    """One job as the service's worker runs it, with its wall time and event count."""
+def run_job(executor: Any, seed: int) -> dict[str, Any]:
+    """One job as the service's worker runs it (on the default connection: the model
+    under test), with its wall time and event count."""
     from imagenodes.registry.context import CancelToken
     from imagenodes.server.executor import NodeRun
 
@@ -65,7 +66,7 @@ def run_job(executor: Any, seed: int, connections: Any) -> dict[str, Any]:
     started = time.perf_counter()
     out = dict(
         executor.run(
-            NodeRun("generate_image_v2", job_inputs(seed), os.urandom(16).hex(), connections),
+            NodeRun("generate_image_v2", job_inputs(seed), os.urandom(16).hex()),
             on_event=lambda event: events.append(event.type),
             token=CancelToken(),
         )
@@ -77,11 +78,11 @@ def run_job(executor: Any, seed: int, connections: Any) -> dict[str, Any]:
     return out
 
 
-def throughput(executor: Any, jobs: int, connections: Any, offset: int) -> float:
+def throughput(executor: Any, jobs: int, offset: int) -> float:
     """Images per second of ``jobs`` jobs from 2 client threads (the service's workers)."""
     started = time.perf_counter()
     with ThreadPoolExecutor(2) as pool:
-        list(pool.map(lambda s: run_job(executor, s, connections), range(offset, offset + jobs)))
+        list(pool.map(lambda s: run_job(executor, s), range(offset, offset + jobs)))
     return jobs / (time.perf_counter() - started)
 
 
@@ -91,7 +92,6 @@ def main() -> None:
     pairs = 6 if args.quick else 24
     info = c.print_machine()
     conn, label = c.model_connection(args)
-    connections = None  # jobs use the default connection; replicas open the same file
 
     import ray
 
@@ -112,14 +112,14 @@ def main() -> None:
     try:
         # The local executor: this process's host, one thread as the profile says.
         local = LocalExecutor(host)
-        run_job(local, 0, connections)  # warm
+        run_job(local, 0)  # warm
         one = RayExecutor(host, replicas=1, threads=1, connections_file=str(toml))
         one.start()
-        run_job(one, 0, connections)  # the replica loads its pipeline
+        run_job(one, 0)  # the replica loads its pipeline
         rows: list[dict[str, Any]] = []
         for i in range(pairs):
-            a = run_job(local, 100 + i, connections)
-            b = run_job(one, 100 + i, connections)
+            a = run_job(local, 100 + i)
+            b = run_job(one, 100 + i)
             rows.append({"local": a, "ray": b})
         per_local = c.median(r["local"]["wall_ms"] for r in rows)
         per_ray = c.median(r["ray"]["wall_ms"] for r in rows)
@@ -155,13 +155,13 @@ def main() -> None:
             for side in ("local", "ray")
         ]
         tp_serial = 1000 / per_ray  # one job at a time on the one replica
-        tp_one = throughput(one, jobs, connections, 1000)
+        tp_one = throughput(one, jobs, 1000)
         one.close()
         two = RayExecutor(host, replicas=2, threads=1, connections_file=str(toml))
         two.start()
         with ThreadPoolExecutor(2) as pool:  # both replicas load their pipelines
-            list(pool.map(lambda s: run_job(two, s, connections), (1, 2)))
-        tp_two = throughput(two, jobs, connections, 2000)
+            list(pool.map(lambda s: run_job(two, s), (1, 2)))
+        tp_two = throughput(two, jobs, 2000)
         two.close()
     finally:
         ray.shutdown()

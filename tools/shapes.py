@@ -21,6 +21,9 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from imagenodes.engine.aspect import RATIOS, native_size
+from imagenodes.engine.profiles import EMBEDDED
+
 # Saturated, mutually distant RGB values: the judge snaps a median colour to the
 # nearest entry, so the palette entries must be far apart (the closest pair,
 # red/orange, is still > 110 apart in RGB space).
@@ -37,18 +40,16 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
 
-# Aspect-ratio buckets of the embedded model (width, height), all close to the
-# 64x64 pixel budget (4032-4224 px). Every side is a multiple of 8: the VAE
-# divides by 4 and the UNet down-samples the latent once more by 2, so each
-# latent side must be even (16x16, 14x18, 18x14, 12x22, 22x12 -> 8x8, 7x9, ...).
-# Training draws each batch from one bucket (tensors stack); generation at a
-# ratio uses its bucket and upscales to the delivered size.
+# Aspect-ratio buckets of the embedded model (width, height) by ratio, all close to
+# the 64x64 pixel budget (4032-4224 px): 1:1 64x64, 3:4 56x72, 4:3 72x56, 9:16
+# 48x88, 16:9 88x48. Every side is a multiple of 8: the VAE divides by 4 and the
+# UNet down-samples the latent once more by 2, so each latent side must be even.
+# Training draws each batch from one bucket (tensors stack). The engine's
+# ``embedded`` profile declares them, and this table is read from it -- the bucket
+# the engine picks for each ratio -- so the model is trained at exactly the sizes
+# it is asked for.
 BUCKETS: dict[str, tuple[int, int]] = {
-    "1:1": (64, 64),
-    "3:4": (56, 72),
-    "4:3": (72, 56),
-    "9:16": (48, 88),
-    "16:9": (88, 48),
+    name: native_size(rw, rh, EMBEDDED) for name, (rw, rh) in RATIOS.items()
 }
 
 # Fill ratio (shape pixels / bounding-box area) of the ideal shapes are

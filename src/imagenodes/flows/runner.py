@@ -304,16 +304,13 @@ class FlowRunner:
         scope = {"input": values, "results": {}}
         for step in steps:
             images = image_ref_fields(self.host.node(step["node"]).Input)
-            params = dict(step["parameters"])
-            if any(
-                _uses_results(value) and not _wired(value, images.get(name))
-                for name, value in params.items()
-            ):
-                continue
+            params = step["parameters"]
+            wired = {n: v for n, v in params.items() if _uses_results(v)}
+            if not all(_wired(v, images.get(n)) for n, v in wired.items()):
+                continue  # built from results: validated when it starts
+            rest = {n: v for n, v in params.items() if n not in wired}
             where = f"steps.{step['id']}.parameters"
             try:
-                wired = {n: v for n, v in params.items() if _uses_results(v)}
-                rest = {n: v for n, v in params.items() if n not in wired}
                 # A wire's reference string stands in for its image: image inputs are
                 # plain strings until the host loads them at run time.
                 self.host.validate(step["node"], {**self.substitute(rest, scope, where), **wired})

@@ -3,8 +3,9 @@
 Each *replica* is a Ray actor holding its own :class:`~imagenodes.Host` on the shared
 workspace, so its pipelines stay loaded between jobs (one GPU per replica where the
 cluster has GPUs, one CPU otherwise).  The service's workers hand a job to a free
-replica — one job per replica at a time, like Ray Serve's ``max_ongoing_requests=1`` —
-and follow it through a streaming call:
+replica slot — by default one job per replica at a time, like Ray Serve's
+``max_ongoing_requests=1``; with ``jobs_per_replica`` above 1 the replica batches
+concurrent compatible jobs — and follow it through a streaming call:
 
 * **events**: the replica's ``run`` is a Ray streaming generator yielding the library
   events (model loading, each step, each stored image) as they happen, then the result;
@@ -236,7 +237,7 @@ class RayExecutor:
         self, job: NodeRun, *, on_event: Callable[[Event], None], token: CancelToken
     ) -> dict[str, Any]:
         run_id, node = job.run_id, job.node
-        replica = self._free.get()  # one job per replica at a time
+        replica = self._free.get()  # a free slot: jobs_per_replica per replica
         try:
             if replica in self._suspect:
                 self._wait_ready(replica)

@@ -32,7 +32,7 @@ class ServerSettings:
     #: Where node jobs generate: ``local`` (this process) or ``ray`` / ``ray://address``
     #: (replicas on a Ray cluster holding warm pipelines; docs/scaling.md).
     executor: str = "local"
-    #: Ray replicas (actors), each running one job at a time.
+    #: Ray replicas (actors), each running ``replica_jobs`` jobs at a time.
     replicas: int = 1
     #: Jobs each Ray replica runs at once; above 1 it batches compatible ones into
     #: shared pipeline calls (``batch_window_ms``).
