@@ -271,7 +271,7 @@ def placement(conn: dict[str, Any]) -> dict[str, Any]:
     from imagenodes.connections.local import LocalDiffusersConnection
     from imagenodes.engine.engine import Engine
     from imagenodes.registry.builtin import BUILTIN_PROFILES
-    from imagenodes.registry.executor import runtime_config
+    from imagenodes.registry.runner import runtime_config
 
     config = runtime_config(LocalDiffusersConnection(**conn))
     engine = Engine({p.name: p for p in BUILTIN_PROFILES})

@@ -38,7 +38,7 @@ def main() -> None:
     conn, label = c.model_connection(args)
 
     from imagenodes import Exact, Host, ImageJob
-    from imagenodes.registry.executor import runtime_config
+    from imagenodes.registry.runner import runtime_config
 
     host = Host(workspace="memory://bench-scale", connections={"default": conn})
     connection = runtime_config(host.connections.for_category("pixelml"))

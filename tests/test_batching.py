@@ -25,7 +25,7 @@ def run_together(host: Host, seeds: list[int], steps: int, tokens: dict[int, Can
         token = tokens.get(seed)
 
         def on_event(event: object) -> None:
-            if token is not None and getattr(event, "type", "") == "step":
+            if token is not None and getattr(event, "type", "") == "node.progress":
                 if event.data["step"] == 3:  # type: ignore[attr-defined]
                     token.cancel()
 

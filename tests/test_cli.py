@@ -15,7 +15,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from PIL import Image
 
 from imagenodes import Host
 from imagenodes.cli import ProgressDisplay
+from imagenodes.registry.events import Event, make_event
 from tests.helpers import NODE_IDS
 
 TOKEN = "hf_CliSecret_9876543210zyx"
@@ -288,16 +288,6 @@ def test_progress_and_quiet_are_exclusive(cli, ws: Path) -> None:
     assert files_in(ws) == []
 
 
-@dataclass(frozen=True)
-class Event:
-    """What the display reads of a host event (``imagenodes`` run events have these)."""
-
-    type: str
-    run_id: str
-    node: str
-    data: dict[str, Any] = field(default_factory=dict)
-
-
 def step(run_id: str, batch_index: int, n: int, total: int = 4) -> Event:
     data = {
         "batch_index": batch_index,
@@ -307,7 +297,7 @@ def step(run_id: str, batch_index: int, n: int, total: int = 4) -> Event:
         "elapsed_s": 0.5 * n,
         "eta_s": 0.5 * (total - n),
     }
-    return Event("step", run_id, "generate_image_v2", data)
+    return make_event("node.progress", run_id=run_id, node="generate_image_v2", **data)
 
 
 def test_progress_display_keeps_one_bar_per_batch_from_worker_threads() -> None:
@@ -332,9 +322,9 @@ def test_progress_display_keeps_one_bar_per_batch_from_worker_threads() -> None:
             "generate_image_v2 images 1-2",
             "generate_image_v2 images 3-4",
         }
-        display(Event("run_finished", "run-a", "generate_image_v2"))
+        display(make_event("run.finished", run_id="run-a", node="generate_image_v2"))
         assert len(display.progress.tasks) == 2  # only run-a's bars are gone
-        display(Event("run_cancelled", "run-b", "generate_image_v2"))
+        display(make_event("run.cancelled", run_id="run-b", node="generate_image_v2", error={}))
         assert display.progress.tasks == []
     display(step("run-c", 0, 1))  # a late event after the command ended is ignored
     assert display.progress.tasks == []
@@ -345,9 +335,13 @@ def test_progress_display_keeps_one_bar_per_batch_from_worker_threads() -> None:
 def test_progress_display_is_silent_off_a_terminal() -> None:
     stream = io.StringIO()
     with ProgressDisplay(stream) as display:
-        display(Event("model_loading", "r", "generate_image_v2", {"model": "m", "profile": "sd"}))
+        display(
+            make_event(
+                "model.loading", run_id="r", node="generate_image_v2", model="m", profile="sd"
+            )
+        )
         display(step("r", 0, 1))
-        display(Event("run_finished", "r", "generate_image_v2"))
+        display(make_event("run.finished", run_id="r", node="generate_image_v2"))
     assert stream.getvalue() == ""
 
 

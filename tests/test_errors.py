@@ -419,7 +419,7 @@ def test_timeout_is_generation_timeout(
     host = make_host(tiny_sd, workspace=ws, tiny_profile=True)
 
     def slow(event: Any) -> None:  # a slow consumer makes every step take ≥ 0.1 s
-        if event.type == "step":
+        if event.type == "node.progress":
             time.sleep(0.1)
 
     inputs = _valid(node)

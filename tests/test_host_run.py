@@ -44,13 +44,13 @@ def test_run_stores_pngs_with_metadata_and_run_json(tiny_host: Host) -> None:
     assert record["seeds"] == [7, 8] and record["effective"][0]["width"] == 64
     assert set(record["timings"]) == {"route_ms", "load_ms", "generate_ms", "encode_ms", "total_ms"}
     types = [e.type for e in events]
-    assert types[0] == "run_started" and types[-1] == "run_finished"
-    assert types.index("model_loading") < types.index("model_loaded") < types.index("step")
-    steps = [e.data for e in events if e.type == "step"]
+    assert types[0] == "run.started" and types[-1] == "run.finished"
+    assert types.index("model.loading") < types.index("model.loaded") < types.index("node.progress")
+    steps = [e.data for e in events if e.type == "node.progress"]
     assert [s["step"] for s in steps] == [1, 2, 3] and steps[-1]["total"] == 3
-    keys = {"batch_index", "batch_size", "step", "total", "elapsed_s", "eta_s"}
+    keys = {"batch_index", "batch_size", "step", "total", "fraction", "elapsed_s", "eta_s"}
     assert all(s.keys() == keys for s in steps)
-    assert types.count("image_stored") == 2
+    assert types.count("image.stored") == 2
 
 
 def test_same_seed_is_pixel_identical_and_batch_images_reproduce_alone(tiny_host: Host) -> None:
@@ -125,7 +125,7 @@ def test_arun_is_the_async_twin(tiny_host: Host) -> None:
 
 def test_cancel_at_a_step_stores_nothing(tiny_host: Host) -> None:
     def on_event(event) -> None:
-        if event.type == "step" and event.data["step"] == 2:
+        if event.type == "node.progress" and event.data["step"] == 2:
             assert tiny_host.cancel(event.run_id)
 
     with pytest.raises(Cancelled) as info:
@@ -141,13 +141,13 @@ def test_cancel_while_the_model_loads_returns_at_once(tiny_host: Host) -> None:
 
     def on_event(event) -> None:
         events.append(event.type)
-        if event.type == "model_loading":
+        if event.type == "model.loading":
             tiny_host.cancel(event.run_id)
 
     tiny_host.engine.clear()
     with pytest.raises(Cancelled):
         tiny_host.run("generate_image_v2", {**BASE, "seed": 1}, on_event=on_event)
-    assert "step" not in events and "run_cancelled" in events
+    assert "node.progress" not in events and "run.cancelled" in events
     assert workspace_files(tiny_host) == []
 
 
@@ -155,7 +155,7 @@ def test_timeout_is_generation_timeout_and_stores_nothing(tiny_host: Host) -> No
     import time
 
     def slow_consumer(event) -> None:
-        if event.type == "step":
+        if event.type == "node.progress":
             time.sleep(0.2)
 
     with pytest.raises(GenerationTimeout) as info:
@@ -226,7 +226,7 @@ def test_the_callers_thread_sleeps_until_the_worker_finishes(tiny_host: Host, mo
     import time
     from types import SimpleNamespace
 
-    from imagenodes.registry import executor as executor_module
+    from imagenodes.registry import runner as executor_module
 
     caller = threading.get_ident()
     caller_waits: list[float | None] = []
@@ -244,7 +244,7 @@ def test_the_callers_thread_sleeps_until_the_worker_finishes(tiny_host: Host, mo
     )
 
     def slow_consumer(event) -> None:  # ~0.6 s of work in the worker thread
-        if event.type == "step":
+        if event.type == "node.progress":
             time.sleep(0.1)
 
     started = time.monotonic()
@@ -253,3 +253,23 @@ def test_the_callers_thread_sleeps_until_the_worker_finishes(tiny_host: Host, mo
     # 20 ms polling would have woken the caller ~30 times; an event wakes it once.
     assert 1 <= len(caller_waits) <= 2, caller_waits
     assert caller_waits[0] is None  # no timeout given: no deadline to wake up for
+
+
+def test_an_inline_run_uses_the_callers_thread_and_its_token_cancels_it(tiny_host: Host) -> None:
+    """The service's worker runs its job itself (``inline``): no second thread, and the
+    host's one cancel registry reaches the run under its id."""
+    threads: set[int] = set()
+    run_id = "inline-run"
+
+    def on_event(event) -> None:
+        threads.add(threading.get_ident())
+        if event.type == "node.progress" and event.step == 2:
+            assert tiny_host.running() == [run_id]
+            tiny_host.cancel(run_id)
+
+    with pytest.raises(ImageNodesError) as info:
+        tiny_host.run(
+            "generate_image_v2", {**BASE, "steps": 6}, on_event=on_event, run_id=run_id, inline=True
+        )
+    assert info.value.code == "CANCELLED"
+    assert threads == {threading.get_ident()} and tiny_host.running() == []

@@ -105,10 +105,10 @@ def test_a_replica_makes_the_images_a_local_run_makes_and_streams_its_steps(
     events: list[tuple[float, Event]] = []
     out = _run(executor, 5, on_event=lambda event: events.append((time.monotonic(), event)))
     done = time.monotonic()
-    steps = [e.data["step"] for _, e in events if e.type == "step"]
+    steps = [e.data["step"] for _, e in events if e.type == "node.progress"]
     assert steps == [1, 2, 3, 4]
-    assert {"model_loading", "image_stored"} <= {e.type for _, e in events}
-    first_step = next(t for t, e in events if e.type == "step")
+    assert {"model.loading", "image.stored"} <= {e.type for _, e in events}
+    first_step = next(t for t, e in events if e.type == "node.progress")
     assert first_step < done  # streamed while it ran, not handed over at the end
     (ref,) = out["outputs"]["images"]
     assert ref.startswith(executor.host.workspace.url)  # a reference, written by the replica
@@ -126,7 +126,7 @@ def test_cancel_stops_the_replica_at_the_next_step_and_stores_nothing(executor: 
     stepped = threading.Event()
 
     def on_event(event: Event) -> None:
-        if event.type == "step":
+        if event.type == "node.progress":
             stepped.set()
 
     with ThreadPoolExecutor(1) as pool:
@@ -157,7 +157,7 @@ def test_a_replica_killed_mid_run_fails_the_job_with_a_code_and_is_replaced(
     stepped = threading.Event()
 
     def on_event(event: Event) -> None:
-        if event.type == "step":
+        if event.type == "node.progress":
             stepped.set()
 
     original_get = executor._free.get

@@ -13,7 +13,7 @@ from PIL import Image
 from imagenodes import ConnectionConfigError, Host
 from imagenodes.engine.aspect import ASPECT_RATIOS, aspect_markdown, aspect_table, nominal_size
 from imagenodes.engine.profiles import EMBEDDED, FLUX, SD, SDXL
-from imagenodes.registry.executor import runtime_config
+from imagenodes.registry.runner import runtime_config
 from tests.helpers import load_ref
 
 SOURCE_COLOUR = (200, 30, 30)

@@ -229,7 +229,7 @@ def _raise_on(kind: str) -> Any:
     return on_event
 
 
-@pytest.mark.parametrize("kind", ["run_started", "model_loaded", "step"])
+@pytest.mark.parametrize("kind", ["run.started", "model.loaded", "node.progress"])
 def test_a_raising_callback_ends_the_run_coded_with_nothing_written(tiny: Host, kind: str) -> None:
     root = Path(tiny.workspace.root)
     before = files(root)
@@ -241,7 +241,7 @@ def test_a_raising_callback_ends_the_run_coded_with_nothing_written(tiny: Host, 
             run_id=f"cb-{kind}",
         )
     assert info.value.code == "GENERATION_FAILED" and "callback broke" in info.value.message
-    assert tiny.executor.running() == []  # the run's token is gone
+    assert tiny.running() == []  # the run's token is gone
     assert not tiny.cancel(f"cb-{kind}")
     assert files(root) == before
 
@@ -250,10 +250,10 @@ def test_a_callback_raising_after_the_commit_keeps_the_result(tiny: Host) -> Non
     result = tiny.run(
         "generate_image_v2",
         {"prompt": "p", "negative_prompt": "", "aspect_ratio": "1:1", **FAST},
-        on_event=_raise_on("run_finished"),
+        on_event=_raise_on("run.finished"),
     )
     assert tiny.workspace.exists(result.outputs["images"][0]) and result.run_json
-    assert tiny.executor.running() == []
+    assert tiny.running() == []
 
 
 def _fail_writes_under(host: Host, monkeypatch: pytest.MonkeyPatch, prefix: str) -> None:

@@ -137,7 +137,7 @@ def test_two_apis_and_two_workers_run_50_jobs_each_exactly_once(fleet: Fleet) ->
     # A stream from the API that did not take the job (and runs no worker) sees it to the
     # end: the workers' events reach it through the database's notifications.
     streamed = events_of(clients[1], ids[0])
-    assert streamed[-1]["type"] == "job.completed" and streamed[-1]["data"]["status"] == "succeeded"
+    assert streamed[-1]["type"] == "job.completed" and streamed[-1]["status"] == "succeeded"
 
     def all_done() -> bool:
         counts = clients[0].get("/v1/queue").json()["counts"]
@@ -153,8 +153,8 @@ def test_two_apis_and_two_workers_run_50_jobs_each_exactly_once(fleet: Fleet) ->
         assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
         started = [e for e in events if e["type"] == "job.started"]
         assert len(started) == 1 and [e["type"] for e in events].count("job.completed") == 1
-        ran_by.add(started[0]["data"]["worker"])
-        run_ids.add(started[0]["data"]["run_id"])
+        ran_by.add(started[0]["worker"])
+        run_ids.add(started[0]["run_id"])
         assert clients[index % 2].get(job["urls"][0]).status_code == 200
     assert len(ran_by) == 2, ran_by  # both workers took jobs
     runs = {p.name for p in (Path(fleet.workspace) / "runs").iterdir()}
@@ -196,7 +196,7 @@ def test_a_worker_killed_mid_job_loses_its_lease_and_another_reruns_it_with_the_
     with httpx.Client(base_url=url, timeout=30) as c:
         job_id = c.post("/v1/jobs", json=_slow_job()).json()["id"]
         first = _first_progress(c, job_id)
-        victim = by_pid[int(first["data"]["worker"].split(":")[1])]
+        victim = by_pid[int(first["worker"].split(":")[1])]
         victim.send_signal(signal.SIGKILL)
         victim.wait(30)
         wait_until(
@@ -209,10 +209,10 @@ def test_a_worker_killed_mid_job_loses_its_lease_and_another_reruns_it_with_the_
         seed = job["inputs"]["seed"]
         assert job["seeds"] == [seed, seed + 1]
         events = events_of(c, job_id)
-        queued = [e["data"].get("reason") for e in events if e["type"] == "job.queued"]
+        queued = [e.get("reason") for e in events if e["type"] == "job.queued"]
         assert queued == [None, "restart"]
-        runners = [e["data"]["worker"] for e in events if e["type"] == "job.started"]
-        assert len(runners) == 2 and runners[0] == first["data"]["worker"] != runners[1]
+        runners = [e["worker"] for e in events if e["type"] == "job.started"]
+        assert len(runners) == 2 and runners[0] == first["worker"] != runners[1]
         assert [e["type"] for e in events].count("job.completed") == 1
         runs = list((Path(fleet.workspace) / "runs").iterdir())
         assert len(runs) == 1 and (runs[0] / "run.json").is_file()  # nothing partial stored

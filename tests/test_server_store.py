@@ -22,7 +22,7 @@ from imagenodes.errors import InputError, JobConflict, QueueFull
 from imagenodes.server.backends import open_store
 from imagenodes.server.service import JobService, body_hash
 from imagenodes.server.settings import ServerSettings
-from imagenodes.server.store import JobRecord, SQLiteJobStore, SQLJobStore
+from imagenodes.server.store import JobEvent, JobRecord, SQLiteJobStore, SQLJobStore
 
 pytest_plugins = ["tests.pg"]
 
@@ -65,12 +65,13 @@ def test_claims_are_fifo_and_events_are_numbered_per_job(open_queue: OpenStore) 
     for job_id in ("a", "b", "c"):
         store.create(record(job_id), max_queue=None)
     assert [store.position(j) for j in "abc"] == [0, 1, 2]
-    assert store.claim("w", 30).id == "a" and store.claim("w", 30).id == "b"
+    assert store.claim("w", 30, run_id="ra").id == "a"
+    assert store.claim("w", 30, run_id="rb").id == "b"
     assert store.position("c") == 0 and store.position("a") is None
-    store.append_event("a", "job.started", {}, node="checkerboard")
-    store.append_event("b", "job.started", {}, node="checkerboard")
-    assert [e.seq for e in store.events("a")] == [1, 2]  # job.queued, then job.started
-    assert [e.type for e in store.events("a", after=1)] == ["job.started"]
+    store.append_event("a", "node.progress", {}, node="checkerboard")
+    store.append_event("b", "node.progress", {}, node="checkerboard")
+    assert [e.seq for e in store.events("a")] == [1, 2, 3]  # queued, started, progress
+    assert [e.type for e in store.events("a", after=1)] == ["job.started", "node.progress"]
     assert store.counts() == {
         "queued": 1,
         "running": 2,
@@ -114,10 +115,10 @@ def test_restart_policy(
     store.create(record("a"), max_queue=None)
     # An expired lease (on a shared queue only those are orphans; on SQLite every
     # running job is one at start-up).
-    store.claim("dead-process", -1)  # claimed ``attempts`` times before this crash
+    store.claim("dead-process", -1, run_id="r")  # claimed ``attempts`` times before this crash
     for _ in range(attempts - 1):
         store.requeue("a", count_attempt=True, reason="restart")
-        store.claim("dead-process", -1)
+        store.claim("dead-process", -1, run_id="r")
     settings = ServerSettings(on_restart=policy, max_attempts=3)  # type: ignore[arg-type]
     JobService(Host(tmp_path / "ws"), settings, store).recover()
     job = store.get("a")
@@ -149,8 +150,9 @@ def test_cancel_fifo_requeue_and_files(open_queue: OpenStore) -> None:
     store.create(record("a"), max_queue=None)
     store.create(record("b"), max_queue=None)
     assert store.cancel_queued("a") and not store.cancel_queued("a")
-    claimed = store.claim("w", 30)
+    claimed = store.claim("w", 30, run_id="run-b")
     assert claimed is not None and claimed.id == "b" and claimed.lease_owner == "w"
+    assert claimed.run_id == "run-b"
     assert store.heartbeat("b", "w", 30) == "held"
     store.request_cancel("b")
     assert store.heartbeat("b", "w", 30) == "cancel"
@@ -183,7 +185,7 @@ def test_concurrent_claimers_get_each_job_once(open_queue: OpenStore) -> None:
     lock = threading.Lock()
 
     def claimer(store: SQLJobStore, owner: str) -> None:
-        while (job := store.claim(owner, 30)) is not None:
+        while (job := store.claim(owner, 30, run_id=f"run-{owner}")) is not None:
             with lock:
                 claimed.append(job.id)
 
@@ -192,6 +194,97 @@ def test_concurrent_claimers_get_each_job_once(open_queue: OpenStore) -> None:
             pool.submit(claimer, stores[i % len(stores)], f"w{i}")
     assert sorted(claimed) == [f"j{index:02d}" for index in range(40)]
     assert stores[0].counts()["running"] == 40
+    started = [e for index in range(40) for e in stores[0].events(f"j{index:02d}")]
+    assert [e.type for e in started].count("job.started") == 40  # one each, with its claim
+
+
+def test_a_claim_writes_its_job_started_event_in_the_same_transaction(
+    open_queue: OpenStore,
+) -> None:
+    store = open_queue()
+    published: list[JobEvent] = []
+    store.on_event = published.append
+    store.create(record("a"), max_queue=None)
+    writes = store.writes
+    job = store.claim("host:1:w0", 30, run_id="run-a")
+    assert job is not None and (job.id, job.run_id, job.attempts) == ("a", "run-a", 1)
+    assert store.writes == writes + 1  # one transaction: the claim and its event
+    started = store.events("a")[-1]
+    assert (started.type, started.node, started.step_id) == ("job.started", "checkerboard", None)
+    assert started.data == {"attempt": 1, "run_id": "run-a", "worker": "host:1:w0"}
+    assert published[-1] == started  # published after the commit, as appended events are
+    stored = store.get("a")
+    assert stored is not None and stored.run_id == "run-a"
+    # An empty queue is seen by a read: an idle worker's poll writes nothing.
+    assert store.claim("host:1:w0", 30, run_id="run-x") is None
+    assert store.writes == writes + 1
+
+
+def test_an_outcome_writes_its_job_completed_event_in_the_same_transaction(
+    open_queue: OpenStore,
+) -> None:
+    store = open_queue()
+    published: list[JobEvent] = []
+    store.on_event = published.append
+    store.create(record("a"), max_queue=None)
+    store.create(record("b"), max_queue=None)
+    cancelled = {"status": "cancelled", "outputs": None, "error": {"code": "CANCELLED"}}
+    writes = store.writes
+    assert store.cancel_queued("a", completed=cancelled)
+    assert store.writes == writes + 1
+    assert store.events("a")[-1].data == cancelled == published[-1].data
+    assert not store.cancel_queued("a", completed=cancelled)  # no longer queued: no event
+    assert [e.type for e in store.events("a")] == ["job.queued", "job.completed"]
+
+    claimed = store.claim("w", 30, run_id="run-b")
+    done = {"status": "succeeded", "outputs": {"images": []}, "error": None}
+    writes = store.writes
+    assert store.finish("b", "succeeded", result={"outputs": {}}, claim=claimed, completed=done)
+    assert store.writes == writes + 1
+    last = store.events("b")[-1]
+    assert (last.type, last.data, last.node) == ("job.completed", done, "checkerboard")
+    assert published[-1] == last
+    # The claim no longer holds (the job is finished): nothing changes, no second event.
+    assert not store.finish("b", "failed", error={}, claim=claimed, completed=done)
+    assert [e.type for e in store.events("b")].count("job.completed") == 1
+    # Without ``completed`` an outcome is recorded alone (the caller writes the event).
+    store.create(record("c"), max_queue=None)
+    claimed = store.claim("w", 30, run_id="run-c")
+    assert store.finish("c", "failed", error={"code": "X"}, claim=claimed)
+    assert [e.type for e in store.events("c")] == ["job.queued", "job.started"]
+
+
+def test_a_reader_does_not_wait_for_a_writer(open_queue: OpenStore) -> None:
+    """A write transaction held open (a slow writer) does not stall reads from other
+    threads: they answer at once, from the last committed state."""
+    store = open_queue()
+    store.create(record("a"), max_queue=None)
+    holding, release = threading.Event(), threading.Event()
+
+    def slow_writer() -> None:
+        with store._tx() as cur:
+            cur.execute("UPDATE jobs SET attempts = 7 WHERE id = ?", ("a",))
+            holding.set()
+            release.wait(10)
+
+    writer = threading.Thread(target=slow_writer)
+    writer.start()
+    readers = ThreadPoolExecutor(2)
+    try:
+        assert holding.wait(10)
+        started = time.monotonic()
+        job = readers.submit(store.get, "a").result(timeout=0.5)
+        events = readers.submit(store.events, "a").result(timeout=0.5)
+        counts = readers.submit(store.counts).result(timeout=0.5)
+        assert time.monotonic() - started < 0.5
+        assert job is not None and job.attempts == 0  # not the open transaction's change
+        assert [e.type for e in events] == ["job.queued"] and counts["queued"] == 1
+    finally:
+        release.set()
+        writer.join(10)
+        readers.shutdown()
+    again = store.get("a")
+    assert again is not None and again.attempts == 7
 
 
 def test_a_queue_url_names_its_backend(tmp_path: Path) -> None:
@@ -234,7 +327,7 @@ def test_other_processes_hear_events_claimable_jobs_and_cancels(
     api.create(record("a"), max_queue=None)
     waiter.join(15)
     assert woken.is_set()
-    assert worker.claim("w", 30) is not None
+    assert worker.claim("w", 30, run_id="r") is not None
     worker.append_event("a", "node.progress", {"step": 1}, node="checkerboard")
     _wait_for(lambda: ("a", "node.progress") in heard)
     assert ("worker heard", "job.queued") in heard  # the api's event, heard by the worker
@@ -250,7 +343,7 @@ def test_an_expired_lease_is_recovered_by_exactly_one_process(pg_url: str, tmp_p
     re-queued once, with one job.queued(restart) event, and runs again."""
     stores = [open_store(pg_url, tmp_path) for _ in range(3)]
     stores[0].create(record("a"), max_queue=None)
-    assert stores[0].claim("dead-worker", 0.2) is not None
+    assert stores[0].claim("dead-worker", 0.2, run_id="r1") is not None
     host = Host(tmp_path / "ws")
     services = [JobService(host, ServerSettings(max_attempts=3), store) for store in stores]
     assert stores[0].orphaned(time.time()) == []  # the lease still runs
@@ -261,10 +354,54 @@ def test_an_expired_lease_is_recovered_by_exactly_one_process(pg_url: str, tmp_p
     assert job is not None and job.status == "queued" and job.attempts == 1
     reasons = [e.data.get("reason") for e in stores[2].events("a") if e.type == "job.queued"]
     assert reasons == [None, "restart"]
-    again = stores[2].claim("live-worker", 30)
+    again = stores[2].claim("live-worker", 30, run_id="r2")
     assert again is not None and again.attempts == 2
     for store in stores:
         store.close()
+
+
+def test_progress_is_broadcast_to_other_processes_and_never_stored(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """``broadcast`` reaches another process's ``on_remote_progress`` (not its own
+    process's), in order; a message too large for a notification is dropped; nothing of
+    it is written to the database."""
+    api, worker = open_store(pg_url, tmp_path), open_store(pg_url, tmp_path)
+    heard: list[tuple[str, str]] = []
+    echoed: list[tuple[str, str]] = []
+    api.on_remote_progress = lambda job_id, payload: heard.append((job_id, payload))
+    worker.on_remote_progress = lambda job_id, payload: echoed.append((job_id, payload))
+    first = json.dumps({"type": "node.progress", "data": {"step": 1, "total": 3}})
+    worker.broadcast("a", first)
+    worker.broadcast("a", "x" * 8000)  # over a notification's limit: dropped
+    worker.broadcast("a", "the last one")
+    _wait_for(lambda: ("a", "the last one") in heard)
+    assert heard == [("a", first), ("a", "the last one")]
+    time.sleep(0.2)
+    assert echoed == []
+    assert (api.writes, worker.writes) == (0, 0) and worker.events("a") == []
+    api.close()
+    worker.close()
+
+
+def test_an_sqlite_queue_has_no_one_to_broadcast_to(tmp_path: Path) -> None:
+    store = open_store(None, tmp_path)
+    store.broadcast("a", "progress")  # one process owns the file: a no-op
+    assert store.writes == 0
+    store.close()
+
+
+def test_a_pool_of_two_connections_serves_many_threads(pg_url: str) -> None:
+    from imagenodes.server.pg_store import PostgresJobStore
+
+    store = PostgresJobStore(pg_url, listen=False, pool_min=1, pool_max=2)
+    store.create(record("a"), max_queue=None)
+    with ThreadPoolExecutor(12) as pool:
+        jobs = list(pool.map(lambda _: store.get("a"), range(60)))
+        list(pool.map(lambda i: store.set_flag(f"f{i}", True), range(24)))
+    assert all(job is not None and job.id == "a" for job in jobs)
+    assert all(store.get_flag(f"f{i}") for i in range(24))
+    store.close()
 
 
 @pytest.mark.parametrize(

@@ -171,13 +171,13 @@ class ProgressDisplay:
     def __call__(self, event: Any) -> None:
         if not self.enabled:
             return
-        if event.type == "step":
+        if event.type == "node.progress":
             self._step(event)
-        elif event.type in ("run_finished", "run_failed", "run_cancelled"):
+        elif event.type in ("run.finished", "run.failed", "run.cancelled"):
             self._end_run(event.run_id)
-        elif event.type == "model_loading" and not self._closed:
+        elif event.type == "model.loading" and not self._closed:
             # Printed above the bars while they are live, as a plain line otherwise.
-            self.console.print(f"loading {event.data.get('model')}…", markup=False, highlight=False)
+            self.console.print(f"loading {event.model}…", markup=False, highlight=False)
 
     def _step(self, event: Any) -> None:
         d = event.data

@@ -172,7 +172,7 @@ class _ProgressRelay:
         self._done = 0
 
     def on_event(self, event: Event) -> None:  # worker thread
-        if event.type != "step":
+        if event.type != "node.progress":
             return
         self._done += 1
         data = event.data

@@ -114,7 +114,7 @@ class _FanOut:
             if not member.live:
                 continue
             own = dict(data)
-            if type == "step":
+            if type == "node.progress":
                 own["batch_index"], own["batch_size"] = 0, member.count
             try:
                 member.control.emit(type, **own)

@@ -230,12 +230,12 @@ class Engine:
         timings: dict[str, float] = {"route_ms": route_ms}
 
         t0 = time.perf_counter()
-        control.emit("model_loading", model=resolved.display_name, profile=resolved.profile.name)
+        control.emit("model.loading", model=resolved.display_name, profile=resolved.profile.name)
         entry, cached = self.cache.acquire(resolved, dtype, device, wait=control.check)
         try:
             timings["load_ms"] = (time.perf_counter() - t0) * 1000
             control.emit(
-                "model_loaded",
+                "model.loaded",
                 model=resolved.display_name,
                 cached=cached,
                 load_ms=round(timings["load_ms"], 1),
@@ -421,7 +421,7 @@ class Engine:
             elapsed = time.perf_counter() - started
             done = step + 1
             control.emit(
-                "step",
+                "node.progress",
                 batch_index=start,
                 batch_size=count,
                 step=done,

@@ -25,7 +25,6 @@ an INVALID_INPUT naming the step and the parameter, with the keys that do exist.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 from collections.abc import Callable, Mapping
@@ -34,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from imagenodes.errors import ImageNodesError, InputError, UnknownNodeError
+from imagenodes.flows.model import FlowDocument, parse_document
 from imagenodes.registry.context import CancelToken
 from imagenodes.registry.events import Event
 from imagenodes.sdk import image_ref_fields
@@ -145,6 +145,23 @@ def load_flow(source: str | Path | Mapping[str, Any]) -> dict[str, Any]:
     return data
 
 
+#: Whatever names a flow: a parsed document, a mapping, a JSON file path or JSON text.
+FlowSource = FlowDocument | Mapping[str, Any] | str | Path
+
+
+def parse_flow(source: FlowSource) -> FlowDocument:
+    """The flow ``source`` names, parsed once into a :class:`FlowDocument`.
+
+    A document passes through untouched, so a caller that parsed it already (the HTTP
+    route, through its request model) is never parsed again; anything else is read
+    (:func:`load_flow`) and validated once, structural errors coded and naming their
+    field (``steps.1.id``).
+    """
+    if isinstance(source, FlowDocument):
+        return source
+    return parse_document(load_flow(source))
+
+
 def camel_to_snake(name: str) -> str:
     return re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", name).lower()
 
@@ -174,41 +191,28 @@ class FlowRunner:
             field=where,
         )
 
-    def check(self, flow: Mapping[str, Any]) -> list[dict[str, Any]]:
-        """Validate the flow's structure and step types; returns the parsed steps."""
-        steps = flow.get("steps")
-        if not isinstance(steps, list) or not steps:
-            raise InputError("flow.steps must be a non-empty list of steps", field="steps")
-        seen: set[str] = set()
-        parsed = []
-        for index, step in enumerate(steps):
-            where = f"steps.{index}"
-            if not isinstance(step, Mapping):
-                raise InputError(
-                    f"{where} must be an object with id, type, parameters", field=where
-                )
-            step_id, step_type = step.get("id"), step.get("type")
-            if not isinstance(step_id, str) or not step_id:
-                raise InputError(f"{where}.id must be a non-empty string", field=f"{where}.id")
-            if step_id in seen:
-                raise InputError(f"{where}.id {step_id!r} is used twice", field=f"{where}.id")
-            seen.add(step_id)
-            if not isinstance(step_type, str) or not step_type:
-                raise InputError(f"{where}.type must be a node type", field=f"{where}.type")
-            params = step.get("parameters", {})
-            if not isinstance(params, Mapping):
-                raise InputError(
-                    f"{where}.parameters must be an object", field=f"{where}.parameters"
-                )
-            node = self.node_for(step_type, where=f"steps.{step_id}.type")
-            parsed.append({"id": step_id, "type": step_type, "node": node, "parameters": params})
-        return parsed
+    def check(self, flow: FlowSource) -> list[dict[str, Any]]:
+        """Validate the flow's structure and step types; returns the parsed steps.
 
-    def validate_input(self, flow: Mapping[str, Any], data: Mapping[str, Any]) -> dict[str, Any]:
+        The structure is the document model's (:func:`parse_flow`, skipped for a
+        document already parsed); the step types are checked against this host.
+        """
+        document = parse_flow(flow)
+        return [
+            {
+                "id": step.id,
+                "type": step.type,
+                "node": self.node_for(step.type, where=f"steps.{step.id}.type"),
+                "parameters": step.parameters,
+            }
+            for step in document.steps
+        ]
+
+    def validate_input(self, flow: FlowSource, data: Mapping[str, Any]) -> dict[str, Any]:
         """Apply the input schema's defaults and validate against it."""
-        schema = flow.get("input")
+        schema = parse_flow(flow).input
         values = dict(data)
-        if not isinstance(schema, Mapping):
+        if schema is None:
             return values
         for name, prop in (schema.get("properties") or {}).items():
             if name not in values and isinstance(prop, Mapping) and "default" in prop:
@@ -283,9 +287,7 @@ class FlowRunner:
         ]
 
     # -- running --------------------------------------------------------------------
-    def preflight(
-        self, flow: str | Path | Mapping[str, Any], inputs: Mapping[str, Any] | None = None
-    ) -> None:
+    def preflight(self, flow: FlowSource, inputs: Mapping[str, Any] | None = None) -> None:
         """Validate before anything runs what can be: the structure, the flow input, and
         every step whose only references to earlier results are whole image inputs (a
         builder's wires) — such a reference stands for the image the step will get, and
@@ -295,10 +297,11 @@ class FlowRunner:
         before it have generated.  A step with other references to results (a ``@Map``
         over them, a result inside a value) is validated when it starts, as before.
         Raises the first error, with the step's field (``steps.<id>.parameters.…``).
+        ``flow`` is parsed once (not at all when it is a :class:`FlowDocument`).
         """
-        data = load_flow(flow)
-        steps = self.check(data)
-        self._preflight_steps(steps, self.validate_input(data, inputs or {}))
+        document = parse_flow(flow)
+        steps = self.check(document)
+        self._preflight_steps(steps, self.validate_input(document, inputs or {}))
 
     def _preflight_steps(self, steps: list[dict[str, Any]], values: dict[str, Any]) -> None:
         scope = {"input": values, "results": {}}
@@ -319,13 +322,14 @@ class FlowRunner:
 
     def run(
         self,
-        flow: str | Path | Mapping[str, Any],
+        flow: FlowSource,
         inputs: Mapping[str, Any] | None = None,
         *,
         on_event: Callable[[Event], None] | None = None,
         connections: Mapping[str, str] | None = None,
         on_step: Callable[[StepRecord], None] | None = None,
         token: CancelToken | None = None,
+        inline: bool = False,
     ) -> FlowResult:
         """Run every step in order; the first failing step stops the flow (one that can
         be checked before anything runs — see :meth:`preflight` — stops it before).
@@ -334,11 +338,11 @@ class FlowRunner:
         step id, and ``details.step`` names it.  Every event carries ``step_id`` in its
         data; one ``token`` cancels the whole flow (the running step and the rest).
         """
-        data = load_flow(flow)
-        steps = self.check(data)
-        values = self.validate_input(data, inputs or {})
+        document = parse_flow(flow)  # once: check and validate_input take the model
+        steps = self.check(document)
+        values = self.validate_input(document, inputs or {})
         self._preflight_steps(steps, values)  # a bad later step: nothing runs at all
-        result = FlowResult(title=data.get("title"), input=values)
+        result = FlowResult(title=document.title, input=values)
         scope = {"input": values, "results": result.results}
         for step in steps:
             where = f"steps.{step['id']}.parameters"
@@ -350,6 +354,7 @@ class FlowRunner:
                     on_event=_for_step(on_event, step["id"]),
                     connections=connections,
                     token=token,
+                    inline=inline,  # the service's worker thread runs its steps itself
                 )
             except ImageNodesError as exc:
                 raise _step_error(exc, step) from exc
@@ -367,7 +372,7 @@ class FlowRunner:
             result.steps.append(record)
             if on_step is not None:
                 on_step(record)
-        result.widgets = _widgets(data, result.results)
+        result.widgets = _widgets(document.ui, result.results)
         return result
 
 
@@ -425,10 +430,10 @@ def _step_error(exc: ImageNodesError, step: Mapping[str, Any]) -> ImageNodesErro
         return ImageNodesError(message, **fields)
 
 
-def _widgets(flow: Mapping[str, Any], results: Mapping[str, Any]) -> list[dict[str, Any]]:
+def _widgets(ui: Mapping[str, Any] | None, results: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The flow's ``ui.results.widgets`` with the images of their source steps."""
-    ui = flow.get("ui") or {}
-    widgets = ((ui.get("results") or {}) if isinstance(ui, Mapping) else {}).get("widgets") or []
+    section = (ui or {}).get("results") or {}
+    widgets = (section if isinstance(section, Mapping) else {}).get("widgets") or []
     out = []
     for widget in widgets:
         if not isinstance(widget, Mapping):
@@ -445,7 +450,7 @@ def _widgets(flow: Mapping[str, Any], results: Mapping[str, Any]) -> list[dict[s
 
 def run_flow(
     host: Any,
-    flow: str | Path | Mapping[str, Any],
+    flow: FlowSource,
     inputs: Mapping[str, Any] | None = None,
     **kwargs: Any,
 ) -> FlowResult:
@@ -462,6 +467,6 @@ def _for_step(
     callback = on_event
 
     def tagged(event: Event) -> None:
-        callback(dataclasses.replace(event, data={**event.data, "step_id": step_id}))
+        callback(event.model_copy(update={"step_id": step_id}))
 
     return tagged

@@ -24,7 +24,7 @@ from imagenodes.engine.job import Generation, ImageJob, ModelInfo
 from imagenodes.engine.notices import Notice
 from imagenodes.errors import Cancelled, ConnectionConfigError, GenerationTimeout
 from imagenodes.registry import events as ev
-from imagenodes.registry.events import Event
+from imagenodes.registry.events import Event, make_event
 from imagenodes.sdk import RunContext
 
 if TYPE_CHECKING:
@@ -65,6 +65,54 @@ class CancelToken:
 
     def wait(self, timeout: float) -> bool:
         return self._event.wait(timeout)
+
+
+class CancelRegistry:
+    """The host's one registry of running runs' tokens (run id → token).
+
+    ``Host.run`` registers the run's token for as long as it runs, so ``Host.cancel``
+    reaches it; a caller that must be able to cancel before the run begins (the
+    service's worker, between claiming a job and starting it) opens the token first
+    and hands it to ``Host.run`` — the same token under the same id is accepted.  A
+    flow's steps share the flow's token under their own run ids.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._tokens: dict[str, CancelToken] = {}
+
+    def open(self, run_id: str, token: CancelToken | None = None) -> CancelToken:
+        """Register ``token`` (a new one by default) as ``run_id``'s; raises KeyError
+        when another token runs under that id."""
+        with self._lock:
+            held = self._tokens.get(run_id)
+            if held is not None and held is not token:
+                raise KeyError(run_id)
+            token = token or CancelToken()
+            self._tokens[run_id] = token
+            return token
+
+    def close(self, run_id: str, token: CancelToken | None = None) -> None:
+        """Forget ``run_id`` (only while it is still ``token``'s, when given)."""
+        with self._lock:
+            if token is None or self._tokens.get(run_id) is token:
+                self._tokens.pop(run_id, None)
+
+    def get(self, run_id: str) -> CancelToken | None:
+        with self._lock:
+            return self._tokens.get(run_id)
+
+    def cancel(self, run_id: str, reason: str = "cancelled") -> bool:
+        """Cancel the run; True when it was registered."""
+        token = self.get(run_id)
+        if token is None:
+            return False
+        token.cancel(reason)
+        return True
+
+    def running(self) -> list[str]:
+        with self._lock:
+            return list(self._tokens)
 
 
 @dataclass
@@ -134,8 +182,11 @@ class RunUtil:
             )
 
     def emit(self, type: str, **data: Any) -> None:
+        """Send the typed event ``type`` (:mod:`imagenodes.registry.events`) to the
+        caller; the run's id and node are filled in here, so a node or the engine
+        names only what happened."""
         if self._on_event is not None:
-            self._on_event(Event(type, self._run_id, self._node_id, data))
+            self._on_event(make_event(type, run_id=self._run_id, node=self._node_id, **data))
 
     def remaining(self) -> float | None:
         """Seconds left before the run's deadline (None: no deadline)."""

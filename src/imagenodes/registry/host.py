@@ -2,8 +2,8 @@
 
 ``Host.run`` is the one path every caller takes (Python API, CLI, MCP server, flow
 runner, HTTP service): it validates, picks the connections, and hands the request to
-the :class:`~imagenodes.registry.executor.Executor`, which runs it (worker thread,
-deadline, cancel token, staging, run record, result cache).
+the :class:`~imagenodes.registry.runner.NodeRunner`, which runs it (deadline, cancel
+token, staging, run record, result cache).
 """
 
 from __future__ import annotations
@@ -28,10 +28,10 @@ from imagenodes.errors import (
     UnknownNodeError,
 )
 from imagenodes.registry.catalog import CatalogView, catalog_entry
-from imagenodes.registry.context import CancelToken
+from imagenodes.registry.context import CancelRegistry, CancelToken
 from imagenodes.registry.events import Event
-from imagenodes.registry.executor import Executor, RunResult
 from imagenodes.registry.plugins import PluginLoader
+from imagenodes.registry.runner import NodeRunner, RunResult
 from imagenodes.registry.validation import (
     check_choices,
     check_lengths,
@@ -126,12 +126,15 @@ class Host:
             self.workspace, validate=pack_validator(pack_nodes[0]) if pack_nodes else None
         )
         self.sessions = SessionStore(self.workspace)
-        self.executor = Executor(
+        #: The one registry of running runs' cancel tokens (``cancel``, ``running``).
+        self.tokens = CancelRegistry()
+        self.runner = NodeRunner(
             workspace=self.workspace,
             engine=lambda: self.engine,
             trainings=self.trainings,
             packs=self.packs,
             sessions=self.sessions,
+            tokens=self.tokens,
             url_policy=url_policy,
             # Sources are shrunk as decoded to the largest size any family generates.
             source_max_side=max(
@@ -227,7 +230,11 @@ class Host:
     # -- running --------------------------------------------------------------------
     def cancel(self, run_id: str, reason: str = "cancelled") -> bool:
         """Cancel a running run; True when it was running."""
-        return self.executor.cancel(run_id, reason)
+        return self.tokens.cancel(run_id, reason)
+
+    def running(self) -> list[str]:
+        """Run ids running now (a flow's steps share its token)."""
+        return self.tokens.running()
 
     def run(
         self,
@@ -239,11 +246,15 @@ class Host:
         connections: Mapping[str, str] | None = None,
         run_id: str | None = None,
         token: CancelToken | None = None,
+        inline: bool = False,
     ) -> RunResult:
         """Validate, run and store; raises an :class:`ImageNodesError` on any failure.
 
         ``connections`` maps a category to a connection name (default: the store's
-        default of that category).  ``timeout`` overrides the node's own.
+        default of that category).  ``timeout`` overrides the node's own.  ``inputs``
+        already validated (an instance of the node's ``Input``) are not validated
+        again.  ``inline`` runs the node in the calling thread (a worker thread that
+        has nothing else to do while it runs) instead of a thread of its own.
         """
         cls = self.node(node_id)
         validated = self.validate(node_id, inputs)
@@ -255,7 +266,7 @@ class Host:
         timeout = timeout if timeout is not None else cls.timeout
         if timeout is not None and timeout <= 0:
             raise InputError(f"timeout must be > 0 seconds (got {timeout})", field="timeout")
-        return self.executor.execute(
+        return self.runner.execute(
             cls,
             validated,
             connections=chosen,
@@ -266,6 +277,7 @@ class Host:
             timeout=timeout,
             run_id=run_id or uuid.uuid4().hex,
             token=token or CancelToken(),
+            inline=inline,
         )
 
     async def arun(

@@ -14,6 +14,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
+from pydantic_core import PydanticCustomError
 
 from imagenodes.errors import ImageNodesError, InputError
 from imagenodes.sdk import MAX_TEXT_CHARS, Catalog, Node
@@ -90,16 +91,66 @@ def _property(schema: dict[str, Any], loc: tuple[Any, ...]) -> dict[str, Any]:
     return node
 
 
+#: The pydantic error type of an :class:`ImageNodesError` raised inside a validator
+#: (see :func:`coded`): :func:`to_error` gives the original error back, code intact.
+CODED_ERROR = "imagenodes_coded"
+
+
+def coded(err: ImageNodesError) -> PydanticCustomError:
+    """``err`` as an error pydantic collects, to raise from a model's validator.
+
+    Pydantic lets any exception but ``ValueError``/``AssertionError``/its own escape a
+    validator as it is, so an ``ImageNodesError`` raised there would skip the caller's
+    validation-error handling (FastAPI's ``RequestValidationError``) and lose the
+    location.  Wrapped, it travels with the other errors, and :func:`to_error` rebuilds
+    it with its code, solution and details, its field prefixed by where it was raised.
+    """
+    return PydanticCustomError(
+        CODED_ERROR,
+        "{message}",
+        {
+            "message": err.message,
+            "code": err.code,
+            "field": err.field,
+            "solution": err.solution,
+            "details": err.details,
+        },
+    )
+
+
+def _joined(*parts: str | None) -> str | None:
+    return ".".join(p for p in parts if p) or None
+
+
 def to_error(
-    exc: ValidationError,
-    model: type[BaseModel],
-    field_codes: Mapping[str, str],
+    exc: ValidationError | Sequence[Mapping[str, Any]],
+    model: type[BaseModel] | None,
+    field_codes: Mapping[str, str] | None = None,
     *,
     schema: dict[str, Any] | None = None,
+    prefix: str = "",
 ) -> ImageNodesError:
-    """The first validation error as a coded error naming field and allowed range."""
-    schema = schema or model.model_json_schema()
-    err = exc.errors(include_url=False)[0]
+    """The first validation error as a coded error naming field and allowed range.
+
+    ``exc`` is a ``ValidationError`` or its error dicts (as FastAPI's
+    ``RequestValidationError.errors()`` hands them over), with locations relative to
+    ``model`` (or ``schema``, which also gives the ranges).  ``prefix`` names where that
+    model sits in a larger document (``"inputs."`` in an HTTP job body): it is put in
+    front of the error's field, while code look-up and message stay those of the model
+    alone, so the error is exactly the one the model gives by itself.  An error raised
+    by a validator through :func:`coded` comes back as it was raised.
+    """
+    if schema is None:
+        schema = model.model_json_schema() if model is not None else {}
+    field_codes = field_codes or {}
+    errors = exc.errors(include_url=False) if isinstance(exc, ValidationError) else exc
+    if not errors:
+        return InputError("invalid input", field=prefix.rstrip(".") or None)
+    if prefix:
+        error = to_error(errors, model, field_codes, schema=schema)
+        error.field = _joined(prefix.rstrip("."), error.field)
+        return error
+    err = errors[0]
     loc = tuple(err.get("loc", ()))
     field = ".".join(str(p) for p in loc) or None
     leaf = str(loc[-1]) if loc else ""
@@ -108,6 +159,15 @@ def to_error(
     got = err.get("input")
     code = field_codes.get(field or "") or field_codes.get(leaf) or field_codes.get(top)
 
+    if etype == CODED_ERROR:
+        ctx = err.get("ctx") or {}
+        return ImageNodesError(
+            str(ctx.get("message") or err.get("msg") or "invalid input"),
+            code=str(ctx.get("code") or InputError.code),
+            field=_joined(field, ctx.get("field")),
+            solution=ctx.get("solution"),
+            details=dict(ctx.get("details") or {}),
+        )
     if etype == "extra_forbidden":
         allowed = ", ".join(schema.get("properties", {}))
         return InputError(f"unknown field {field!r}; allowed fields: {allowed}", field=field)

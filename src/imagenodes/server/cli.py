@@ -16,7 +16,6 @@ import argparse
 import signal
 import sys
 import threading
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from imagenodes.cli import EXIT_OK, open_host
@@ -25,71 +24,44 @@ from imagenodes.errors import InputError
 if TYPE_CHECKING:
     from imagenodes.registry.host import Host
     from imagenodes.server.settings import ServerSettings
-    from imagenodes.server.store import SQLJobStore
+
+#: The ``dest`` of every flag that sets a :class:`ServerSettings` field: the dest is the
+#: field's name, and the flag's default is ``argparse.SUPPRESS``, so only the flags the
+#: user gave reach the settings (whose class holds every default, once).
+_SETTINGS_DESTS: set[str] = set()
 
 
 def settings_from_args(args: argparse.Namespace) -> ServerSettings:
-    """The service settings the shared flags (and serve's HTTP ones) give."""
+    """The service settings: the flags given, over ``IMAGENODES_*`` variables, over the
+    config file (``--config`` or ``IMAGENODES_CONFIG``), over the defaults.
+
+    A bad value from any of them is INVALID_INPUT naming its flag (``--replicas``).
+    """
     from imagenodes.server.settings import ServerSettings
 
-    if args.replicas < 1:
-        raise InputError(f"--replicas must be 1 or more (got {args.replicas})", field="--replicas")
-    if args.replica_jobs < 1:
-        raise InputError(
-            f"--replica-jobs must be 1 or more (got {args.replica_jobs})", field="--replica-jobs"
-        )
-    # With Ray, a worker thread only dispatches: one per replica slot keeps them all busy.
-    workers = (
-        args.workers
-        if args.workers is not None
-        else (1 if args.executor == "local" else args.replicas * args.replica_jobs)
-    )
-    if workers < 0:
-        raise InputError(f"--workers must be 0 or more (got {workers})", field="--workers")
-    if args.lease_s <= 0:
-        raise InputError(f"--lease-s must be positive (got {args.lease_s})", field="--lease-s")
-    return ServerSettings(
-        host=getattr(args, "host", "127.0.0.1"),
-        port=getattr(args, "port", 8188),
-        state_dir=Path(args.state) if args.state else None,
-        queue=args.queue,
-        token=getattr(args, "token", None),
-        workers=workers,
-        executor=args.executor,
-        replicas=args.replicas,
-        replica_jobs=args.replica_jobs,
-        replica_threads=args.replica_threads,
-        connections_file=getattr(args, "connections", None),
-        batch_window_ms=args.batch_window_ms,
-        max_queue=getattr(args, "max_queue", 100),
-        on_restart=args.on_restart,
-        max_attempts=args.max_attempts,
-        lease_s=args.lease_s,
-        job_timeout=args.job_timeout,
-        cors_origins=tuple(getattr(args, "cors_origin", None) or ()),
-        webhook_allow=tuple(args.webhook_allow or ()),
-        webhook_allow_private=args.webhook_allow_private,
-        webhook_secret=args.webhook_secret,
-    )
+    # None is "not given": the global flags (``imagenodes --workspace W --connections C
+    # serve``) default to it, and it must not hide IMAGENODES_WORKSPACE or the file's.
+    given: dict[str, Any] = {
+        dest: value for dest in _SETTINGS_DESTS if (value := getattr(args, dest, None)) is not None
+    }
+    if getattr(args, "connections", None) is not None:
+        given["connections_file"] = args.connections
+    return ServerSettings.load(config=getattr(args, "config", None), **given)
 
 
-def open_service_store(settings: ServerSettings, host: Host) -> SQLJobStore:
-    """The queue ``--queue`` names (SQLite in the state dir by default)."""
-    from imagenodes.server.backends import open_store
-
-    return open_store(settings.queue, state_dir(settings, host))
-
-
-def state_dir(settings: ServerSettings, host: Host) -> Path:
-    """``--state``, else the app's default (``<workspace>/.server`` for a local one)."""
-    from imagenodes.server.app import _default_state_dir
-
-    return Path(settings.state_dir) if settings.state_dir else _default_state_dir(host)
+def _open_host(args: argparse.Namespace, settings: ServerSettings) -> Host:
+    """The host of the settings' workspace, opened as every command opens one
+    (:func:`imagenodes.cli.open_host`: the global URL policy flags apply too)."""
+    scoped = argparse.Namespace(**vars(args))
+    scoped.workspace = settings.workspace
+    scoped.connections = settings.connections_file
+    return open_host(scoped)
 
 
 def _import_server() -> None:
     try:
         import fastapi  # noqa: F401
+        import pydantic_settings  # noqa: F401
         import uvicorn  # noqa: F401
     except ImportError as exc:
         raise InputError(
@@ -103,24 +75,28 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
     import uvicorn
 
     from imagenodes.server.app import create_app
+    from imagenodes.server.compose import build_service, open_service_store
 
     settings = settings_from_args(args)
     try:
         settings.check_bind()
     except ValueError as exc:
         raise InputError(str(exc), field="--host") from None
-    if args.serve_workspace:
-        args.workspace = args.serve_workspace
-    host = open_host(args)
+    host = _open_host(args, settings)
     store = open_service_store(settings, host)
-    if settings.workers == 0 and not store.shared:
+    try:
+        if settings.workers == 0 and not store.shared:
+            raise InputError(
+                "--workers 0 (API only) needs a shared queue that worker processes also use: "
+                "--queue postgresql://…",
+                field="--workers",
+            )
+        service = build_service(settings, host=host, store=store)
+        settings = service.settings  # workers resolved for the host
+        app = create_app(service=service)
+    except BaseException:
         store.close()
-        raise InputError(
-            "--workers 0 (API only) needs a shared queue that worker processes also use: "
-            "--queue postgresql://…",
-            field="--workers",
-        )
-    app = create_app(host, settings, store=store)
+        raise
     sys.stderr.write(
         f"imagenodes serving http://{_url_host(settings.host)}:{settings.port}/v1 "
         f"(workspace {host.workspace.url}, queue {_queue_name(settings)}, "
@@ -145,14 +121,14 @@ def cmd_worker(args: argparse.Namespace, out: TextIO) -> int:
 
     The scaled-out service's other half (docs/scaling.md): API processes (``serve
     --workers 0``) take submissions and stream events; worker processes claim jobs from
-    the same database, run them through the same JobService as ``serve`` does and write
-    outputs to the shared workspace.  SIGTERM or SIGINT stops it gracefully: the running
-    jobs are cancelled and re-queued (same seed) for another worker.
+    the same database, run them through the same JobService as ``serve`` does (both
+    built by :func:`imagenodes.server.compose.build_service`) and write outputs to the
+    shared workspace.  SIGTERM or SIGINT stops it gracefully: the running jobs are
+    cancelled and re-queued (same seed) for another worker.
     """
     _import_server()
-    from imagenodes.server.service import JobService
+    from imagenodes.server.compose import build_service, open_service_store
     from imagenodes.server.store import redact_url
-    from imagenodes.server.webhooks import WebhookPolicy, WebhookSender, load_secret
 
     settings = settings_from_args(args)
     if not settings.queue:
@@ -163,33 +139,30 @@ def cmd_worker(args: argparse.Namespace, out: TextIO) -> int:
         )
     if settings.workers < 1:
         raise InputError(f"--workers must be 1 or more (got {settings.workers})", field="--workers")
-    if args.serve_workspace:
-        args.workspace = args.serve_workspace
-    host = open_host(args)
+    host = _open_host(args, settings)
     store = open_service_store(settings, host)
-    if not store.shared:
+    try:
+        if not store.shared:
+            raise InputError(
+                "imagenodes worker needs a queue several processes share: --queue postgresql://…",
+                field="--queue",
+            )
+        service = build_service(settings, host=host, store=store)
+    except BaseException:
         store.close()
-        raise InputError(
-            "imagenodes worker needs a queue several processes share: --queue postgresql://…",
-            field="--queue",
-        )
-    webhooks = WebhookSender(
-        load_secret(state_dir(settings, host), settings.resolved_webhook_secret()),
-        WebhookPolicy(settings.webhook_allow, settings.webhook_allow_private),
-    )
-    service = JobService(host, settings, store, webhooks)
-    store.on_event = service.published
+        raise
+    settings = service.settings
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    service.start()
-    sys.stderr.write(
-        f"imagenodes worker {service.owner} running {settings.workers} worker(s) on "
-        f"{redact_url(settings.queue)} (workspace {host.workspace.url}, "
-        f"executor {settings.executor})\n"
-    )
-    sys.stderr.flush()
     try:
+        service.start()
+        sys.stderr.write(
+            f"imagenodes worker {service.owner} running {settings.workers} worker(s) on "
+            f"{redact_url(settings.queue or '')} (workspace {host.workspace.url}, "
+            f"executor {settings.executor})\n"
+        )
+        sys.stderr.flush()
         while not stop.wait(1.0):
             pass
     finally:
@@ -208,84 +181,158 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
+# -- flags ----------------------------------------------------------------------------------
+class _SettingsHelp(argparse.HelpFormatter):
+    """Shows each settings flag's default, read from :class:`ServerSettings` only when
+    help is printed: the defaults live once, in the settings class, and building the
+    parser (every ``imagenodes`` command does) imports nothing of the server."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if action.dest in _SETTINGS_DESTS and "(default" not in text:
+            default = _settings_default(action.dest)
+            if default is not None:
+                text += f" (default: {default})".replace("%", "%%")
+        return text
+
+
+def _settings_default(field: str) -> str | None:
+    try:
+        from imagenodes.server.settings import ServerSettings
+    except ImportError:  # the server extra is missing: help still works
+        return None
+    value = ServerSettings.default_of(field)
+    if value in (None, (), "", False):
+        return None
+    return str(value)
+
+
+def _setting(p: argparse.ArgumentParser, flag: str, dest: str, **kwargs: Any) -> None:
+    """A flag for the settings field ``dest``; absent unless given (no default here)."""
+    _SETTINGS_DESTS.add(dest)
+    p.add_argument(flag, dest=dest, default=argparse.SUPPRESS, **kwargs)
+
+
 def _add_queue_options(p: argparse.ArgumentParser) -> None:
-    """The flags ``serve`` and ``worker`` share: workspace, queue and how jobs run."""
-    p.add_argument("--workspace", dest="serve_workspace", default=None, help="workspace URL")
-    p.add_argument("--state", default=None, help="state dir (SQLite queue, webhook secret)")
+    """The flags ``serve`` and ``worker`` share: config, workspace, queue and how jobs
+    run.  Values are validated by the settings class (so a bad one is the same coded
+    error whether it came from a flag, the environment or the config file)."""
     p.add_argument(
-        "--queue",
+        "--config",
         default=None,
+        metavar="FILE",
+        help="TOML file of settings (keys as the settings' names: workers = 4); flags and "
+        "IMAGENODES_* variables win over it (default: $IMAGENODES_CONFIG)",
+    )
+    _setting(
+        p,
+        "--workspace",
+        "workspace",
+        help="workspace URL (default: $IMAGENODES_WORKSPACE or ./workspace)",
+    )
+    _setting(
+        p,
+        "--state",
+        "state_dir",
+        help="state dir: SQLite queue, webhook secret (default: <workspace>/.server)",
+    )
+    _setting(
+        p,
+        "--queue",
+        "queue",
         help="job queue: postgresql://user@host/db (shared by several processes) or "
         "sqlite:///path (default: SQLite in the state dir)",
     )
-    p.add_argument(
+    _setting(
+        p,
         "--workers",
-        type=int,
-        default=None,
-        help="jobs run at once (default 1; with --executor ray, one per replica job slot)",
+        "workers",
+        help="jobs run at once (default: the model family's per-call image limit, so "
+        "concurrent compatible jobs share pipeline calls; with --executor ray, one per "
+        "replica job slot; 0 = API only)",
     )
-    p.add_argument(
+    _setting(
+        p,
         "--executor",
-        default="local",
+        "executor",
         help="where jobs generate: local (this process) or ray / ray://host:port "
         "(replicas on a Ray cluster; the ray extra)",
     )
-    p.add_argument("--replicas", type=int, default=1, help="with --executor ray: replicas")
-    p.add_argument(
+    _setting(p, "--replicas", "replicas", help="with --executor ray: replicas")
+    _setting(
+        p,
         "--replica-jobs",
-        type=int,
-        default=1,
+        "replica_jobs",
         help="with --executor ray: jobs a replica runs at once, batched into shared "
         "pipeline calls (--batch-window-ms)",
     )
-    p.add_argument(
+    _setting(
+        p,
         "--replica-threads",
-        type=int,
-        default=None,
-        help="with --executor ray: torch threads per CPU replica",
+        "replica_threads",
+        help="with --executor ray: torch threads per CPU replica (default: torch's)",
     )
-    p.add_argument(
+    _setting(
+        p,
         "--batch-window-ms",
-        type=float,
-        default=20.0,
+        "batch_window_ms",
         help="with several workers: compatible jobs within this window share one call",
     )
-    p.add_argument("--on-restart", choices=("requeue", "fail"), default="requeue")
-    p.add_argument("--max-attempts", type=int, default=3, help="attempts across restarts")
-    p.add_argument(
+    _setting(
+        p,
+        "--on-restart",
+        "on_restart",
+        metavar="{requeue,fail}",
+        help="what a job running when the service died becomes",
+    )
+    _setting(p, "--max-attempts", "max_attempts", help="attempts across restarts")
+    _setting(
+        p,
         "--lease-s",
-        type=float,
-        default=30.0,
+        "lease_s",
         help="seconds a job's lease lasts without a heartbeat (a dead worker's jobs are "
         "re-queued after this)",
     )
-    p.add_argument("--job-timeout", type=float, default=600.0, help="seconds per job")
-    p.add_argument(
-        "--webhook-allow", action="append", default=None, help="webhook host[:port] (repeat)"
+    _setting(p, "--job-timeout", "job_timeout", help="seconds per job")
+    _setting(
+        p, "--webhook-allow", "webhook_allow", action="append", help="webhook host[:port] (repeat)"
     )
-    p.add_argument(
+    _setting(
+        p,
         "--webhook-allow-private",
+        "webhook_allow_private",
         action="store_true",
         help="let webhooks reach private/loopback addresses",
     )
-    p.add_argument("--webhook-secret", default=None, help="HMAC secret for webhook signatures")
+    _setting(
+        p,
+        "--webhook-secret",
+        "webhook_secret",
+        help="HMAC secret for webhook signatures (or IMAGENODES_WEBHOOK_SECRET)",
+    )
 
 
 def add_commands(sub: Any) -> None:
-    p = sub.add_parser("serve", help="serve the nodes to builders over HTTP (server extra)")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8188)
-    p.add_argument("--token", default=None, help="bearer token (or IMAGENODES_TOKEN)")
+    p = sub.add_parser(
+        "serve",
+        help="serve the nodes to builders over HTTP (server extra)",
+        formatter_class=_SettingsHelp,
+    )
+    _setting(p, "--host", "host", help="address to bind")
+    _setting(p, "--port", "port", help="port to bind")
+    _setting(p, "--token", "token", help="bearer token (or IMAGENODES_TOKEN)")
     _add_queue_options(p)
-    p.add_argument("--max-queue", type=int, default=100, help="queued jobs before 429")
-    p.add_argument(
-        "--cors-origin", action="append", default=None, help="allowed browser origin (repeat)"
+    _setting(p, "--max-queue", "max_queue", help="queued jobs before 429")
+    _setting(p, "--max-wait-s", "max_wait_s", help="longest Prefer: wait=N honoured (seconds)")
+    _setting(
+        p, "--cors-origin", "cors_origins", action="append", help="allowed browser origin (repeat)"
     )
     p.set_defaults(func=cmd_serve)
 
     w = sub.add_parser(
         "worker",
         help="run jobs from a shared queue without serving HTTP (--queue postgresql://…)",
+        formatter_class=_SettingsHelp,
     )
     _add_queue_options(w)
     w.set_defaults(func=cmd_worker)

@@ -12,13 +12,20 @@ SQLite; what this backend adds is what sharing needs:
 * **NOTIFY** on one channel, sent inside the writing transaction (heard only once it
   commits): "claimable" wakes idle workers at once (they also poll every second),
   "event" wakes SSE/WebSocket listeners and ``Prefer: wait`` in *other* processes, and
-  "cancel" reaches the worker process that runs the job.  One LISTEN thread per
-  process hears them; it reconnects with backoff (tenacity) when the server goes away,
-  and the listeners' own bounded polls cover what it misses meanwhile.
+  "cancel" reaches the worker process that runs the job; "progress" (sent by
+  :meth:`~PostgresJobStore.broadcast` on its own, never stored) carries a running job's
+  progress to the listeners of other processes.  One LISTEN thread per process hears
+  them on a connection of its own; it reconnects with backoff (tenacity) when the server
+  goes away, and the listeners' own bounded polls cover what it misses meanwhile;
+* **the schema** is versioned (:mod:`imagenodes.server.store_schema`): opening a store
+  applies the missing migrations, under a session advisory lock that every opener takes
+  first, so concurrent processes do not both apply them.
 
-Each thread uses its own connection (autocommit, explicit transactions): the service's
-threads are few and long-lived (workers, heartbeat, the asyncio default executor), and
-a psycopg connection is not shared between threads.
+Everything else runs on a ``psycopg_pool.ConnectionPool`` (autocommit connections,
+explicit transactions): a call borrows a connection for one transaction and gives it
+back, so any number of threads (workers, heartbeats, the asyncio default executor,
+whose threads come and go) share a bounded number of connections, and a connection
+broken by a database restart is dropped by the pool rather than kept by a thread.
 """
 
 from __future__ import annotations
@@ -31,14 +38,20 @@ from contextlib import contextmanager
 from typing import Any
 
 import psycopg
+from psycopg_pool import ConnectionPool
 from tenacity import Retrying, retry_if_exception_type, stop_never, wait_exponential
 
-from imagenodes.server.store import SCHEMA, Cursor, JobEvent, SQLJobStore, redact_url
+from imagenodes.server import store_schema as schema
+from imagenodes.server.store import Cursor, JobEvent, SQLJobStore, redact_url
 
 log = logging.getLogger(__name__)
 
-#: The one NOTIFY channel; payloads are "<kind> <origin> [words…]".
+#: The one NOTIFY channel; payloads are "<kind> <origin> [words…]" ("progress <origin>
+#: <job id> <payload>": the payload is the rest, spaces and all).
 CHANNEL = "imagenodes_jobs"
+#: The largest notification ``broadcast`` sends, in bytes (PostgreSQL refuses payloads
+#: of 8000 bytes and more; a larger progress message is dropped).
+MAX_NOTIFY_BYTES = 7900
 #: Advisory lock keys (arbitrary constants, namespaced by this number's size).
 _SCHEMA_LOCK = 0x696D_6700_0001
 _QUEUE_LOCK = 0x696D_6700_0002
@@ -74,19 +87,39 @@ class PostgresJobStore(SQLJobStore):
     _LOCK_QUEUE = f"SELECT pg_advisory_xact_lock({_QUEUE_LOCK})"
     _LOCK_JOB = "SELECT 1 FROM jobs WHERE id = ? FOR UPDATE"
 
-    def __init__(self, url: str, *, listen: bool = True, connect_timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        listen: bool = True,
+        connect_timeout: float = 10.0,
+        pool_min: int = 1,
+        pool_max: int = 8,
+    ) -> None:
+        """``pool_min``/``pool_max``: the pool's connections (each call holds one for
+        one short transaction, so a few serve many threads; more threads wait for one,
+        up to 30 s).  The LISTEN thread's connection is one more."""
         super().__init__()
         self.url = url
         self._connect_timeout = connect_timeout
         #: Tells this process's notifications from other processes'.
         self.origin = uuid.uuid4().hex
-        self._local = threading.local()
-        self._conns: list[psycopg.Connection[Any]] = []
-        self._conns_lock = threading.Lock()
         self._closed = threading.Event()
-        with self._connect() as conn, conn.transaction():
-            conn.execute(f"SELECT pg_advisory_xact_lock({_SCHEMA_LOCK})")  # one creator
-            conn.execute(SCHEMA.format(ord="BIGSERIAL NOT NULL"))
+        #: The schema version the database is at (see :mod:`imagenodes.server.store_schema`).
+        self.schema_version = self._migrate()
+        self._pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
+            url,
+            kwargs={
+                "autocommit": True,
+                "connect_timeout": self._timeout_s,
+                "application_name": "imagenodes",
+            },
+            min_size=pool_min,
+            max_size=pool_max,
+            open=False,
+            name="imagenodes",
+        )
+        self._pool.open(wait=True, timeout=max(1.0, connect_timeout))
         self._listener: threading.Thread | None = None
         self._listening = threading.Event()
         if listen:
@@ -100,49 +133,75 @@ class PostgresJobStore(SQLJobStore):
         return f"PostgresJobStore({redact_url(self.url)!r})"
 
     # -- connections ----------------------------------------------------------------
+    @property
+    def _timeout_s(self) -> int:
+        return max(1, round(self._connect_timeout))
+
     def _connect(self) -> psycopg.Connection[Any]:
+        """A connection of its own, outside the pool (LISTEN, the migration guard)."""
         return psycopg.connect(
             self.url,
             autocommit=True,
-            connect_timeout=max(1, round(self._connect_timeout)),
+            connect_timeout=self._timeout_s,
             application_name="imagenodes",
         )
 
-    def _conn(self) -> psycopg.Connection[Any]:
-        conn: psycopg.Connection[Any] | None = getattr(self._local, "conn", None)
-        if conn is None or conn.closed:
-            conn = self._connect()
-            with self._conns_lock:
-                self._conns = [c for c in self._conns if not c.closed]
-                self._conns.append(conn)
-            self._local.conn = conn
-        return conn
+    def _migrate(self) -> int:
+        """Apply the missing migrations while holding the schema's advisory lock (a
+        session lock on a connection of its own, released when it closes — also when
+        this process dies); 0.1.0 took the same key around its ``CREATE TABLE``s."""
+        with self._connect() as guard:
+            guard.execute("SELECT pg_advisory_lock(%s)", (_SCHEMA_LOCK,))
+            return schema.migrate(
+                lambda: schema.postgres_backend(self.url, connect_timeout=self._timeout_s),
+                "postgresql",
+                exclusive=True,
+            )
 
     @contextmanager
     def _tx(self) -> Iterator[Cursor]:
-        """One transaction on this thread's connection; a broken connection is closed
-        so the thread's next call opens a new one."""
-        conn = self._conn()
-        try:
+        """One write transaction on a pooled connection (a broken one is discarded by
+        the pool when it comes back)."""
+        with self._pool.connection() as conn:
             with conn.transaction(), conn.cursor() as cur:
                 yield _PgCursor(cur)
-        except psycopg.OperationalError:
-            if conn.broken:
-                conn.close()
-            raise
+            self._committed()
+
+    @contextmanager
+    def _read(self) -> Iterator[Cursor]:
+        """Reads on a pooled connection, in autocommit: MVCC readers never wait for a
+        writer, and under READ COMMITTED a transaction would give its statements no
+        steadier view, only two more round trips."""
+        with self._pool.connection() as conn, conn.cursor() as cur:
+            yield _PgCursor(cur)
 
     def close(self) -> None:
         self._closed.set()
         if self._listener is not None:
             self._listener.join(5)
-        with self._conns_lock:
-            conns, self._conns = self._conns, []
-        for conn in conns:
-            conn.close()
+        self._pool.close()
 
     # -- notifications --------------------------------------------------------------
     def _announce(self, cur: Cursor, kind: str, *words: str) -> None:
         cur.execute("SELECT pg_notify(?, ?)", (CHANNEL, " ".join((kind, self.origin, *words))))
+
+    def broadcast(self, job_id: str, payload: str) -> None:
+        """Send ``payload`` (a job's progress) to the other processes' listeners: a
+        NOTIFY on an autocommit connection of the pool, outside any job transaction, so
+        it is heard at once.  Never stored, best effort: a message over
+        :data:`MAX_NOTIFY_BYTES`, or one the database cannot take now, is dropped (logged
+        at debug: progress comes many times a second, and the job's stored events are
+        what a listener can rely on)."""
+        message = f"progress {self.origin} {job_id} {payload}"
+        size = len(message.encode())
+        if size > MAX_NOTIFY_BYTES:
+            log.debug("job %s: progress message of %d bytes not broadcast", job_id, size)
+            return
+        try:
+            with self._pool.connection() as conn:
+                conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, message))
+        except psycopg.Error:
+            log.debug("job %s: progress not broadcast", job_id, exc_info=True)
 
     def _listen_forever(self) -> None:
         """LISTEN until :meth:`close`; reconnect with exponential backoff (≤ 5 s)."""
@@ -168,9 +227,15 @@ class PostgresJobStore(SQLJobStore):
                     self._heard(note.payload)
 
     def _heard(self, payload: str) -> None:
-        kind, origin, *words = payload.split(" ")
+        kind, _, rest = payload.partition(" ")
+        origin, _, rest = rest.partition(" ")
+        words = rest.split(" ")
         try:
-            if kind == "claimable":
+            if kind == "progress":  # "<job id> <payload>": the payload may hold spaces
+                job_id, _, message = rest.partition(" ")
+                if origin != self.origin and self.on_remote_progress is not None:
+                    self.on_remote_progress(job_id, message)
+            elif kind == "claimable":
                 if origin != self.origin:
                     self._notify_claimable()
             elif kind == "event":
@@ -183,4 +248,4 @@ class PostgresJobStore(SQLJobStore):
             log.exception("handling notification %r failed", payload)
 
 
-__all__ = ["CHANNEL", "JobEvent", "PostgresJobStore"]
+__all__ = ["CHANNEL", "MAX_NOTIFY_BYTES", "JobEvent", "PostgresJobStore"]

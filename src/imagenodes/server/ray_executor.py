@@ -7,12 +7,16 @@ replica slot — by default one job per replica at a time, like Ray Serve's
 ``max_ongoing_requests=1``; with ``jobs_per_replica`` above 1 the replica batches
 concurrent compatible jobs — and follow it through a streaming call:
 
-* **events**: the replica's ``run`` is a Ray streaming generator yielding the library
-  events (model loading, each step, each stored image) as they happen, then the result;
-  the worker relays them into the job's stream as a local run's would be;
-* **cancel**: a cooperative stop flag, the host's own :class:`CancelToken`, set by a
-  concurrent ``cancel`` call on the (threaded) actor and checked by the pipeline at
-  every denoising step — a blocking diffusers loop never reaches an ``await``;
+* **jobs**: node jobs and flow jobs alike (a :class:`JobRun`); a flow's steps all run
+  on the replica that took the flow, its pipelines warm between steps;
+* **events**: the replica's ``run`` is a Ray streaming generator yielding the typed
+  events (model loading, each step, each stored image) in their JSON form as they
+  happen, then the result; the worker relays them into the job's stream as a local
+  run's would be;
+* **cancel**: a cooperative stop flag, the replica host's own :class:`CancelToken` in
+  its registry under the job's run id, set by a concurrent ``cancel`` call on the
+  (threaded) actor and checked by the pipeline at every denoising step — a blocking
+  diffusers loop never reaches an ``await``;
 * **outputs**: the replica's host stages and commits the images into the shared
   workspace exactly as locally; only references and the result's JSON cross the wire,
   never image bytes through Ray's object store;
@@ -42,8 +46,8 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_e
 
 from imagenodes.errors import Cancelled, GenerationFailed, ImageNodesError
 from imagenodes.registry.context import CancelToken
-from imagenodes.registry.events import Event
-from imagenodes.server.executor import NodeRun, run_on_host
+from imagenodes.registry.events import Event, parse_event
+from imagenodes.server.executor import JobRun, run_on_host
 
 if TYPE_CHECKING:
     from imagenodes.registry.host import Host
@@ -83,7 +87,6 @@ class Replica:
             # Several jobs at once on this replica: compatible ones share pipeline
             # calls, as concurrent workers do on a local service (engine/batching.py).
             self.host.engine.enable_batching(batch_window_ms)
-        self._tokens: dict[str, CancelToken] = {}
 
     def calls_made(self) -> int:
         """Pipeline calls this replica made (batched jobs share one)."""
@@ -93,8 +96,8 @@ class Replica:
         """The health check: where this replica runs (``host:pid``)."""
         return f"{socket.gethostname()}:{os.getpid()}"
 
-    def run(self, job: NodeRun) -> Iterator[list[tuple[str, Any]]]:
-        """Batches of ("event", (type, data)) for the library events, in order, then
+    def run(self, job: JobRun) -> Iterator[list[tuple[str, Any]]]:
+        """Batches of ("event", the event's JSON form) for the run's events, in order, then
         ("result", the run's to_dict()) or ("error", a coded error's to_dict()).
 
         Events are sent at most every :data:`FLUSH_S` (the last batch at once): every
@@ -102,8 +105,7 @@ class Replica:
         and one per denoising step cost a 20-step job ~12 % (bench/scale_out.py)."""
         run_id = job.run_id
         received = time.time()  # wall clock: the caller's dispatch time ends here
-        token = CancelToken()
-        self._tokens[run_id] = token
+        token = self.host.tokens.open(run_id)  # the replica host's one registry
         items: queue.Queue[tuple[str, Any] | None] = queue.Queue()
 
         def target() -> None:
@@ -111,7 +113,7 @@ class Replica:
                 out = run_on_host(
                     self.host,
                     job,
-                    on_event=lambda event: items.put(("event", (event.type, event.data))),
+                    on_event=lambda event: items.put(("event", event.to_dict())),
                     token=token,
                 )
                 out["replica"] = self.ready()
@@ -132,13 +134,10 @@ class Replica:
         finally:
             token.cancel("disconnected")  # the caller went away: stop at the next step
             thread.join()
-            self._tokens.pop(run_id, None)
+            self.host.tokens.close(run_id, token)
 
     def cancel(self, run_id: str, reason: str) -> bool:
-        token = self._tokens.get(run_id)
-        if token is not None:
-            token.cancel(reason)
-        return token is not None
+        return self.host.cancel(run_id, reason)
 
 
 def _batches(items: queue.Queue[tuple[str, Any] | None]) -> Iterator[list[tuple[str, Any]]]:
@@ -160,7 +159,7 @@ def _batches(items: queue.Queue[tuple[str, Any] | None]) -> Iterator[list[tuple[
 
 
 class RayExecutor:
-    """The service's :class:`~imagenodes.server.service.Executor` on Ray replicas."""
+    """The service's :class:`~imagenodes.server.executor.Executor` on Ray replicas."""
 
     def __init__(
         self,
@@ -234,9 +233,9 @@ class RayExecutor:
                 self._free.put(handle)
 
     def run(
-        self, job: NodeRun, *, on_event: Callable[[Event], None], token: CancelToken
+        self, job: JobRun, *, on_event: Callable[[Event], None], token: CancelToken
     ) -> dict[str, Any]:
-        run_id, node = job.run_id, job.node
+        run_id = job.run_id
         replica = self._free.get()  # a free slot: jobs_per_replica per replica
         try:
             if replica in self._suspect:
@@ -256,7 +255,7 @@ class RayExecutor:
             for ref in stream:
                 for kind, payload in ray.get(ref):
                     if kind == "event":
-                        on_event(Event(payload[0], run_id, node, payload[1]))
+                        on_event(parse_event(payload))
                     elif kind == "result":
                         result = payload
                     else:

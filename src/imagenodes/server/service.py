@@ -1,22 +1,34 @@
 """The job service: submission, workers, cancellation, restart recovery, live events.
 
-Workers are threads of the server process that claim queued jobs from the store and run
-them through ``Host.run`` — the one run path every frontend takes — so a job gets the
-same validation, staging, notices and run records as a Python call.  Library events are
-translated into the service's envelope (``model.loading``, ``node.progress``,
-``image.stored`` …), persisted with a per-job ``seq``, and pushed to whoever listens.
+One path for every job (docs/architecture.md has the diagram):
+
+1. **Submit** — the HTTP layer has already validated the body once (per-node request
+   models, :mod:`imagenodes.server.requests`); the service checks only what needs the
+   server (webhook policy), stores the job and its ``job.queued`` event in one
+   transaction.
+2. **Claim** — a worker thread claims the oldest job; the claim, the run id and the
+   ``job.started`` event are one transaction.
+3. **Run** — the worker hands a :class:`~imagenodes.server.executor.JobRun` (node or
+   flow alike) to the executor and runs it *itself* (local executor: in this very
+   thread; Ray: following the replica's stream).  The run's cancel token is the host's
+   (:class:`~imagenodes.registry.context.CancelRegistry`), the one registry there is.
+4. **Events** — the host's typed events (:mod:`imagenodes.registry.events`) are
+   stamped with the job's id and carried unchanged: durable ones are stored (their
+   ``seq`` is the SSE id), transient ones (progress, model loading) go through the
+   in-memory :class:`~imagenodes.server.bus.EventBus`, coalesced to ≤ 10 per second,
+   and, on a shared queue, to other processes in NOTIFY payloads — never table rows.
+5. **Complete** — the outcome and ``job.completed`` are one transaction.
 
 On a shared queue (PostgreSQL) the same service runs in several processes: API-only
 ones (``workers=0``), worker-only ones (``imagenodes worker``) or both.  Each process
-wakes its own listeners for the events it writes and hears the others' through the
-store (``on_remote_event``); a cancel reaches the process running the job through the
-store too (``on_cancel``, and every heartbeat); and every process re-queues jobs whose
-lease ran out (their worker died), guarded so that exactly one of them does it.
+publishes its own events to its followers and hears the others' through the store
+(``on_remote_event``, ``on_remote_progress``); a cancel reaches the process running
+the job through the store too (``on_cancel``, and every heartbeat); and every process
+re-queues jobs whose lease ran out, guarded so that exactly one of them does it.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import logging
@@ -25,8 +37,10 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
 
 from imagenodes.errors import (
     Cancelled,
@@ -37,25 +51,19 @@ from imagenodes.errors import (
     ServiceUnavailable,
     UnknownJob,
 )
-from imagenodes.registry.context import CancelToken
-from imagenodes.registry.events import Event
-from imagenodes.server.executor import Executor, LocalExecutor, NodeRun
+from imagenodes.registry.events import EVENT_TYPES, Event, ImageStored, parse_event
+from imagenodes.server.bus import EventBus
+from imagenodes.server.executor import Executor, JobRun, LocalExecutor
 from imagenodes.server.settings import ServerSettings
 from imagenodes.server.store import TERMINAL, JobEvent, JobRecord, JobStore
-from imagenodes.server.webhooks import EVENT_TYPES, WebhookSender
+from imagenodes.server.webhooks import WebhookSender
 
 if TYPE_CHECKING:
     from imagenodes.registry.host import Host
 
 log = logging.getLogger(__name__)
 
-#: Library event type → service event type (run_* are the service's own job.* events).
-_EVENT_TYPES = {
-    "model_loading": "model.loading",
-    "model_loaded": "model.loaded",
-    "step": "node.progress",
-    "image_stored": "image.stored",
-}
+__all__ = ["JobService", "body_hash", "file_url", "open_executor", "to_event"]
 
 
 def open_executor(settings: ServerSettings, host: Host) -> Executor:
@@ -97,45 +105,36 @@ def file_url(host: Host, ref: str) -> str | None:
     return f"/v1/files/{ref[len(prefix) :]}" if ref.startswith(prefix) else None
 
 
-class _Listeners:
-    """Asyncio listeners per job, woken from worker threads (and, on a shared queue,
-    from the store's notification thread)."""
+#: Envelope fields that are columns of a stored event row (the rest is its data).
+_ROW_FIELDS = frozenset({"type", "node", "ts", "step_id", "job_id", "seq"})
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._by_job: dict[str, set[tuple[asyncio.AbstractEventLoop, asyncio.Event, bool]]] = {}
 
-    def add(self, job_id: str, *, final_only: bool = False) -> asyncio.Event:
-        """An event set on the job's next event (``final_only``: on job.completed only,
-        for waiters that need just the outcome and should not wake on every step)."""
-        event = asyncio.Event()
-        with self._lock:
-            self._by_job.setdefault(job_id, set()).add(
-                (asyncio.get_running_loop(), event, final_only)
-            )
-        return event
+def to_event(row: JobEvent) -> Event | None:
+    """A stored event row as its typed event (None, logged, for a row this release
+    cannot read — a state dir's rows are never a reason to fail a stream)."""
+    try:
+        return parse_event(
+            {
+                **row.data,
+                "type": row.type,
+                "node": row.node,
+                "ts": row.ts,
+                "step_id": row.step_id,
+                "job_id": row.job_id,
+                "seq": row.seq,
+            }
+        )
+    except ValidationError as exc:
+        log.warning("event %s of job %s is unreadable: %s", row.seq, row.job_id, exc)
+        return None
 
-    def remove(self, job_id: str, event: asyncio.Event) -> None:
-        with self._lock:
-            waiters = self._by_job.get(job_id, set())
-            for item in [w for w in waiters if w[1] is event]:
-                waiters.discard(item)
-            if not waiters:
-                self._by_job.pop(job_id, None)
 
-    def wake(self, job_id: str, type: str) -> None:
-        final = type == "job.completed"
-        with self._lock:
-            waiters = [w for w in self._by_job.get(job_id, ()) if final or not w[2]]
-        for loop, event, _ in waiters:
-            try:
-                loop.call_soon_threadsafe(event.set)
-            except RuntimeError:  # the listener's loop has closed
-                pass
+def _row_data(event: Event) -> dict[str, Any]:
+    return {k: v for k, v in event.model_dump(mode="json").items() if k not in _ROW_FIELDS}
 
 
 class JobService:
-    """Owns the workers; the HTTP layer calls only these methods."""
+    """Owns the workers and the event bus; the HTTP layer calls only these methods."""
 
     def __init__(
         self,
@@ -146,8 +145,8 @@ class JobService:
         executor: Executor | None = None,
     ) -> None:
         self.host = host
-        #: Where node jobs generate (``--executor``); flows run their steps here.  One
-        #: passed in is the caller's to close; one opened from the settings is ours.
+        #: Where jobs generate (``--executor``).  One passed in is the caller's to
+        #: close; one opened from the settings is ours.
         self.executor = executor or open_executor(settings, host)
         self._owns_executor = executor is None
         self.webhooks = webhooks
@@ -156,26 +155,39 @@ class JobService:
         self.settings = settings
         self.store = store
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self.listeners = _Listeners()
-        store.on_remote_event = self.listeners.wake
+        self.bus = EventBus(on_transient=self._transient_out)
+        store.on_event = self.published
+        store.on_remote_event = self.bus.wake
+        store.on_remote_progress = self._remote_progress
         store.on_cancel = self._cancel_local
-        self._tokens: dict[str, CancelToken] = {}
-        self._tokens_lock = threading.Lock()
+        #: job id → run id of the jobs this process's workers run (cancel tokens are
+        #: the host's, under the run id).
+        self._running: dict[str, str] = {}
+        self._running_lock = threading.Lock()
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self.ready = False
 
+    @property
+    def workers(self) -> int:
+        """Jobs this process runs at once (the settings' resolved default)."""
+        resolved: Callable[..., int] | None = getattr(self.settings, "resolved_workers", None)
+        if resolved is not None:
+            return resolved(self.host)
+        return int(self.settings.workers or 0)
+
     # -- lifecycle ------------------------------------------------------------------
     def start(self) -> None:
-        if self.settings.workers > 0 and self._owns_executor:
+        workers = self.workers
+        if workers > 0 and self._owns_executor:
             self.executor.start()  # one passed in was started by its owner
-        if self.settings.workers > 1 and isinstance(self.executor, LocalExecutor):
+        if workers > 1 and isinstance(self.executor, LocalExecutor):
             # Concurrent workers are what batching coalesces (engine/batching.py).
             self.host.engine.enable_batching(self.settings.batch_window_ms)
         if self.webhooks is not None:
             self.webhooks.start()
         self.recover()
-        for index in range(self.settings.workers):  # 0: an API-only process
+        for index in range(workers):  # 0: an API-only process
             thread = threading.Thread(
                 target=self._work, name=f"imagenodes-worker-{index}", daemon=True
             )
@@ -190,10 +202,8 @@ class JobService:
         """Stop taking jobs; the running ones are cancelled and re-queued (same seed)."""
         self.ready = False
         self._stopping.set()
-        with self._tokens_lock:
-            tokens = list(self._tokens.values())
-        for token in tokens:
-            token.cancel("shutdown")
+        for run_id in self._run_ids():
+            self.host.cancel(run_id, "shutdown")
         with self.store.wake:
             self.store.wake.notify_all()
         deadline = time.monotonic() + timeout
@@ -226,27 +236,32 @@ class JobService:
                 f"the server stopped while this job ran (attempt {job.attempts} of "
                 f"{self.settings.max_attempts}, on_restart={self.settings.on_restart})"
             ).to_dict()
-            if self.store.finish(job.id, "failed", error=error, claim=job):
-                self._emit(
-                    job, "job.completed", {"status": "failed", "outputs": None, "error": error}
-                )
+            self.store.finish(
+                job.id, "failed", error=error, claim=job, completed=_completed("failed", error)
+            )
 
     # -- submission -----------------------------------------------------------------
     def submit(
-        self, body: dict[str, Any], *, job_id: str | None = None, kind: str = "node"
+        self,
+        body: dict[str, Any],
+        *,
+        job_id: str | None = None,
+        kind: str = "node",
+        hash_body: dict[str, Any] | None = None,
     ) -> tuple[JobRecord, bool]:
-        """Validate and queue; (record, created).  Raises the library's coded errors,
-        JOB_CONFLICT, QUEUE_FULL and SERVICE_UNAVAILABLE."""
+        """Queue a body the HTTP layer validated; (record, created).  ``hash_body`` is
+        the body as the client sent it (before seeds were drawn), which an idempotent
+        PUT compares.  Raises JOB_CONFLICT, QUEUE_FULL, SERVICE_UNAVAILABLE and the
+        webhook policy's error."""
         if self._stopping.is_set():
             raise ServiceUnavailable("the server is shutting down and takes no new jobs")
-        digest = body_hash(body)
+        digest = body_hash(hash_body if hash_body is not None else body)
         if job_id is not None:
             existing = self.store.get(job_id)
             if existing is not None:
                 if existing.body_hash != digest:
                     raise JobConflict(f"job {job_id} exists with a different body", field="id")
                 return existing, False
-        stored = dict(body)
         node = "flow" if kind == "flow" else str(body["node"])
         if body.get("webhook"):
             if self.webhooks is None:
@@ -259,16 +274,11 @@ class JobService:
                     f"(got {', '.join(sorted(unknown))})",
                     field="webhook_events",
                 )
-        if kind == "node":
-            self.host.validate(node, body.get("inputs") or {})
-            # Unseeded requests get their seeds now (the node says where they are), so a
-            # re-run after a restart, or a retry, makes the same images.
-            stored["inputs"] = self.host.node(node).with_seeds(body.get("inputs") or {})
         record = JobRecord(
             id=job_id or uuid.uuid4().hex,
             kind=kind,
             node=node,
-            body=stored,
+            body=body,
             body_hash=digest,
             status="queued",
             created=time.time(),
@@ -280,24 +290,20 @@ class JobService:
         job = self.job(job_id)
         if job.status in TERMINAL:
             return job.status == "cancelled"
-        if self.store.cancel_queued(job_id):
-            self._emit(
-                job,
-                "job.completed",
-                {"status": "cancelled", "outputs": None, "error": _cancelled(job_id)},
-            )
+        error = Cancelled(f"job {job_id} was cancelled before it started", field=None).to_dict()
+        if self.store.cancel_queued(job_id, completed=_completed("cancelled", error)):
             return True
         self.store.request_cancel(job_id)
         self._cancel_local(job_id)
         return True
 
-    def _cancel_local(self, job_id: str) -> None:
+    def _cancel_local(self, job_id: str, reason: str = "cancelled") -> None:
         """Stop the job if one of this process's workers runs it (the store calls this
         when any process asked for the cancel)."""
-        with self._tokens_lock:
-            token = self._tokens.get(job_id)
-        if token is not None:
-            token.cancel("cancelled")
+        with self._running_lock:
+            run_id = self._running.get(job_id)
+        if run_id is not None:
+            self.host.cancel(run_id, reason)
 
     def retry(self, job_id: str) -> JobRecord:
         job = self.job(job_id)
@@ -320,55 +326,75 @@ class JobService:
         return job
 
     def running(self) -> list[str]:
-        with self._tokens_lock:
-            return list(self._tokens)
+        """Ids of the jobs this process's workers run now."""
+        with self._running_lock:
+            return list(self._running)
+
+    def _run_ids(self) -> list[str]:
+        with self._running_lock:
+            return list(self._running.values())
 
     # -- events ---------------------------------------------------------------------
-    def _emit(
-        self, job: JobRecord, type: str, data: dict[str, Any], step_id: str | None = None
-    ) -> JobEvent:
-        return self.store.append_event(job.id, type, data, node=job.node, step_id=step_id)
+    def events(self, job_id: str, *, after: int = 0) -> list[Event]:
+        """The job's stored (durable) events after ``after``, typed."""
+        return [e for row in self.store.events(job_id, after=after) if (e := to_event(row))]
 
-    def published(self, event: JobEvent) -> None:
-        """The store's ``on_event``: wake the job's listeners (SSE, WebSocket, waits)
-        and hand the event to the job's webhook, if it has one."""
-        self.listeners.wake(event.job_id, event.type)
-        if self.webhooks is None:
+    def published(self, row: JobEvent) -> None:
+        """The store's ``on_event`` (a durable event this process stored): to the
+        job's followers and to its webhook."""
+        event = to_event(row)
+        if event is None:
             return
-        if event.job_id not in self._hooks:
-            job = self.store.get(event.job_id)
+        self.bus.publish(event)
+        self._to_webhook(event)
+
+    def _transient_out(self, event: Event) -> None:
+        """A transient event past the bus's coalescing: its webhook, other processes."""
+        self._to_webhook(event)
+        if self.store.shared:
+            self.store.broadcast(event.job_id or "", event.model_dump_json())
+
+    def _remote_progress(self, job_id: str, payload: str) -> None:
+        try:
+            event = parse_event(payload)
+        except ValidationError:
+            log.warning("unreadable progress of job %s from another process", job_id)
+            return
+        self.bus.deliver_remote(event)
+
+    def _to_webhook(self, event: Event) -> None:
+        if self.webhooks is None or event.job_id is None:
+            return
+        job_id = event.job_id
+        if job_id not in self._hooks:
+            job = self.store.get(job_id)
             url = job.body.get("webhook") if job else None
             wanted = tuple((job.body.get("webhook_events") if job else None) or EVENT_TYPES)
-            self._hooks[event.job_id] = (str(url), wanted) if url else None
-        hook = self._hooks[event.job_id]
+            self._hooks[job_id] = (str(url), wanted) if url else None
+        hook = self._hooks[job_id]
         if hook is not None:
             self.webhooks.submit(hook[0], hook[1], event.to_dict())
         if event.type == "job.completed":
-            self._hooks.pop(event.job_id, None)
+            self._hooks.pop(job_id, None)
 
-    def _relay(self, job: JobRecord) -> Any:
+    def _relay(self, job: JobRecord) -> Callable[[Event], None]:
+        """The run's ``on_event``: stamp the job on each event, store the durable ones
+        (the store publishes them), coalesce and broadcast the transient ones."""
+
         def on_event(event: Event) -> None:
-            kind = _EVENT_TYPES.get(event.type)
-            if kind is None:
-                return
-            data = dict(event.data)
-            step_id = data.pop("step_id", None)
-            if kind == "node.progress":
-                total = int(data.get("total") or 0)
-                step = int(data.get("step") or 0)
-                data = {
-                    "step": step,
-                    "total": total,
-                    "fraction": round(step / total, 4) if total else None,
-                    "batch_index": data.get("batch_index"),
-                    "eta_s": data.get("eta_s"),
-                }
-            elif kind == "image.stored":
-                ref = str(data.get("ref", ""))
-                data["url"] = file_url(self.host, ref)
-                if data["url"] is not None:
-                    self.store.record_file(data["url"].removeprefix("/v1/files/"), job.id)
-            self._emit(job, kind, data, step_id=step_id)
+            update: dict[str, Any] = {"job_id": job.id}
+            if isinstance(event, ImageStored):
+                url = file_url(self.host, event.ref)
+                update["url"] = url
+                if url is not None:
+                    self.store.record_file(url.removeprefix("/v1/files/"), job.id)
+            event = event.model_copy(update=update)
+            if event.durable:
+                self.store.append_event(
+                    job.id, event.type, _row_data(event), node=event.node, step_id=event.step_id
+                )
+            else:
+                self.bus.offer(event)
 
         return on_event
 
@@ -377,9 +403,10 @@ class JobService:
         wake = self.store.wake
         while not self._stopping.is_set():
             job = None
+            run_id = uuid.uuid4().hex
             try:
                 if not self.store.get_flag("paused"):
-                    job = self.store.claim(self.owner, self.settings.lease_s)
+                    job = self.store.claim(self.owner, self.settings.lease_s, run_id=run_id)
             except Exception:  # the queue's database is away: wait and try again
                 log.exception("claiming a job failed")
                 self._stopping.wait(1.0)
@@ -388,7 +415,7 @@ class JobService:
                 with wake:
                     wake.wait(timeout=1.0)
                 continue
-            self._execute(job)
+            self._execute(job, run_id)
 
     def _heartbeats(self) -> None:
         """Renew the leases of this process's jobs (a cancel requested elsewhere, or a
@@ -399,36 +426,31 @@ class JobService:
                 for job_id in self.running():
                     lease = self.store.heartbeat(job_id, self.owner, self.settings.lease_s)
                     if lease != "held":
-                        with self._tokens_lock:
-                            token = self._tokens.get(job_id)
-                        if token is not None:
-                            token.cancel("cancelled" if lease == "cancel" else "lease_lost")
+                        self._cancel_local(
+                            job_id, "cancelled" if lease == "cancel" else "lease_lost"
+                        )
                 if self.store.shared:
                     self.recover()
             except Exception:  # a database hiccup must not end the heartbeats
                 log.exception("heartbeat failed")
 
-    def _execute(self, job: JobRecord) -> None:
-        token = CancelToken()
-        with self._tokens_lock:
-            self._tokens[job.id] = token
+    def _execute(self, job: JobRecord, run_id: str) -> None:
+        """Run a claimed job in this worker thread, start to ``job.completed``."""
+        token = self.host.tokens.open(run_id)  # cancellable from here on
+        with self._running_lock:
+            self._running[job.id] = run_id
         try:
-            fresh = self.store.get(job.id)
-            if fresh is None:
-                return  # deleted meanwhile
-            if fresh.cancel_requested:
+            if job.cancel_requested:
                 token.cancel("cancelled")
-            run_id = uuid.uuid4().hex
-            self.store.set_run(job.id, run_id)
-            self._emit(
-                job,
-                "job.started",
-                {"attempt": fresh.attempts, "run_id": run_id, "worker": self.owner},
-            )
             try:
                 if token.cancelled:
                     raise Cancelled(f"job {job.id} was cancelled", field=None)
-                result = self._run(job, run_id, token)
+                result = self.executor.run(
+                    self._job_run(job, run_id), on_event=self._relay(job), token=token
+                )
+                result["urls"] = self._urls(
+                    result.get("outputs") if job.kind == "node" else result.get("results")
+                )
             except Cancelled as exc:
                 if token.reason == "lease_lost":
                     log.warning("job %s: lease lost to another worker; result dropped", job.id)
@@ -447,8 +469,22 @@ class JobService:
             error = GenerationFailed(f"job {job.id} failed in the service").to_dict()
             self._complete(job, "failed", error=error)
         finally:
-            with self._tokens_lock:
-                self._tokens.pop(job.id, None)
+            with self._running_lock:
+                self._running.pop(job.id, None)
+            self.host.tokens.close(run_id, token)
+
+    def _job_run(self, job: JobRecord, run_id: str) -> JobRun:
+        """The stored body as the executor's job (parsed once, by the run itself)."""
+        body = job.body
+        return JobRun(
+            kind="flow" if job.kind == "flow" else "node",
+            node=job.node,
+            inputs=body.get("inputs") or {},
+            run_id=run_id,
+            connections=body.get("connections"),
+            timeout=self.settings.job_timeout,
+            flow=body.get("flow") if job.kind == "flow" else None,
+        )
 
     def _complete(
         self,
@@ -458,46 +494,17 @@ class JobService:
         result: dict[str, Any] | None = None,
         error: dict[str, Any] | None = None,
     ) -> None:
-        """Store the outcome and emit ``job.completed`` — only while this worker's claim
-        holds: a job whose lease was taken over is another worker's to finish."""
-        if not self.store.finish(job.id, status, result=result, error=error, claim=job):
+        """Store the outcome and its ``job.completed`` in one transaction — only while
+        this worker's claim holds: a job whose lease was taken over is another
+        worker's to finish."""
+        outputs = result.get("outputs") if result and job.kind == "node" else None
+        if result and job.kind == "flow":
+            outputs = result.get("results")
+        completed = _completed(status, error, outputs, result.get("timings") if result else None)
+        if not self.store.finish(
+            job.id, status, result=result, error=error, claim=job, completed=completed
+        ):
             log.warning("job %s: no longer this worker's; its %s outcome dropped", job.id, status)
-            return
-        data: dict[str, Any] = {
-            "status": status,
-            "outputs": result.get("outputs") if result else None,
-            "error": error,
-        }
-        if result is not None:
-            data["timings"] = result.get("timings")
-        self._emit(job, "job.completed", data)
-
-    def _run(self, job: JobRecord, run_id: str, token: CancelToken) -> dict[str, Any]:
-        body = job.body
-        on_event = self._relay(job)
-        if job.kind == "flow":
-            from imagenodes.flows.runner import FlowRunner
-
-            flow_result = FlowRunner(self.host).run(
-                body["flow"],
-                body.get("inputs") or {},
-                on_event=on_event,
-                connections=body.get("connections"),
-                token=token,
-            )
-            flow_out = dict(flow_result.to_dict())
-            flow_out["urls"] = self._urls(flow_out.get("results"))  # every step's images
-            return flow_out
-        node_run = NodeRun(
-            node=job.node,
-            inputs=body.get("inputs") or {},
-            run_id=run_id,
-            connections=body.get("connections"),
-            timeout=self.settings.job_timeout,
-        )
-        out = self.executor.run(node_run, on_event=on_event, token=token)
-        out["urls"] = self._urls(out["outputs"])
-        return out
 
     def _urls(self, outputs: Any) -> list[str]:
         """``/v1/files/…`` URLs of the workspace references in ``outputs``, in order."""
@@ -505,5 +512,11 @@ class JobService:
         return [url for ref in refs if (url := file_url(self.host, ref)) is not None]
 
 
-def _cancelled(job_id: str) -> dict[str, Any]:
-    return Cancelled(f"job {job_id} was cancelled before it started", field=None).to_dict()
+def _completed(
+    status: str,
+    error: dict[str, Any] | None,
+    outputs: dict[str, Any] | None = None,
+    timings: dict[str, float] | None = None,
+) -> dict[str, Any]:
+    """The data of a ``job.completed`` event (:class:`~imagenodes.registry.events.JobCompleted`)."""
+    return {"status": status, "outputs": outputs, "error": error, "timings": timings}

@@ -1,79 +1,299 @@
-"""Settings of the builder service (``imagenodes serve`` flags, or ``create_app``)."""
+"""Settings of the builder service (``imagenodes serve`` / ``imagenodes worker`` flags,
+or ``create_app``).
+
+One pydantic-settings class holds every setting, its default and its bounds, so the
+CLI flags, the environment and a config file cannot drift apart.  Sources, highest
+first:
+
+1. keyword arguments (``ServerSettings(workers=2)``; the CLI passes only the flags the
+   user gave),
+2. ``IMAGENODES_<FIELD>`` environment variables (``IMAGENODES_TOKEN``,
+   ``IMAGENODES_WEBHOOK_SECRET``, ``IMAGENODES_MAX_WAIT_S``, …; lists as JSON, empty
+   values ignored),
+3. a TOML file of the same keys (``workers = 4``), named by ``--config`` /
+   :meth:`ServerSettings.load` or ``IMAGENODES_CONFIG``,
+4. the defaults below.
+
+A bad value from any source is a pydantic ``ValidationError``; :func:`settings_error`
+turns it into the library's coded ``INVALID_INPUT`` naming the flag and where the
+value came from, which is what the CLI reports.
+"""
 
 from __future__ import annotations
 
 import ipaddress
 import os
-from dataclasses import dataclass, field
+import re
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from imagenodes.errors import ImageNodesError, InputError
+
+if TYPE_CHECKING:
+    from imagenodes.engine.profiles import ModelProfile
+    from imagenodes.registry.host import Host
+
+ENV_PREFIX = "IMAGENODES_"
 TOKEN_ENV = "IMAGENODES_TOKEN"
 WEBHOOK_SECRET_ENV = "IMAGENODES_WEBHOOK_SECRET"
+#: The config file read when ``--config`` is not given.
+CONFIG_ENV = "IMAGENODES_CONFIG"
+
+#: The CLI flag of each setting that has one (errors name the flag the user can fix).
+FLAGS: dict[str, str] = {
+    "host": "--host",
+    "port": "--port",
+    "workspace": "--workspace",
+    "state_dir": "--state",
+    "queue": "--queue",
+    "token": "--token",
+    "workers": "--workers",
+    "executor": "--executor",
+    "replicas": "--replicas",
+    "replica_jobs": "--replica-jobs",
+    "replica_threads": "--replica-threads",
+    "connections_file": "--connections",
+    "batch_window_ms": "--batch-window-ms",
+    "max_queue": "--max-queue",
+    "on_restart": "--on-restart",
+    "max_attempts": "--max-attempts",
+    "lease_s": "--lease-s",
+    "job_timeout": "--job-timeout",
+    "cors_origins": "--cors-origin",
+    "max_wait_s": "--max-wait-s",
+    "webhook_allow": "--webhook-allow",
+    "webhook_allow_private": "--webhook-allow-private",
+    "webhook_secret": "--webhook-secret",
+}
+
+#: The ``solution`` of every settings error.
+SOLUTION = (
+    "Fix the named flag, its IMAGENODES_* environment variable or its key in the config "
+    "file (docs/server.md lists them with their ranges)"
+)
 
 
-@dataclass(frozen=True)
-class ServerSettings:
-    """Everything the service is configured with; defaults are the safe ones."""
+#: The config file of the settings being built (``ServerSettings.load(config=…)``);
+#: a context variable because pydantic-settings asks for the sources on the class.
+_config_file: ContextVar[Path | None] = ContextVar("imagenodes_server_config", default=None)
+
+
+def config_file() -> Path | None:
+    """The TOML file the settings read: ``--config`` (via :meth:`ServerSettings.load`),
+    else ``IMAGENODES_CONFIG``, else none.  A named file must exist: a typo in the path
+    would otherwise silently start a service with the defaults."""
+    path = _config_file.get()
+    if path is None:
+        named = os.environ.get(CONFIG_ENV)
+        path = Path(named) if named else None
+    if path is not None and not path.is_file():
+        raise InputError(
+            f"config file {str(path)!r} does not exist (--config / {CONFIG_ENV})",
+            field="--config",
+            solution=SOLUTION,
+        )
+    return path
+
+
+class _EnvSource(EnvSettingsSource):
+    """``IMAGENODES_*`` variables; a list setting (``IMAGENODES_CORS_ORIGINS``,
+    ``IMAGENODES_WEBHOOK_ALLOW``) may be comma-separated as well as a JSON array."""
+
+    def decode_complex_value(self, field_name: str, field: FieldInfo, value: Any) -> Any:
+        if isinstance(value, str) and not value.lstrip().startswith(("[", "{")):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return super().decode_complex_value(field_name, field, value)
+
+
+def _default_workers(executor: str, replicas: int, replica_jobs: int) -> int:
+    """Workers when none are asked for, before the host is known.
+
+    Locally: the embedded profile's per-call limit, so that many concurrent compatible
+    jobs can share one pipeline call (cross-request batching is on whenever there is
+    more than one worker); :meth:`ServerSettings.resolved_workers` refines it to the
+    default connection's family.  On Ray a worker thread only dispatches, so one per
+    replica job slot keeps every slot busy.
+    """
+    if executor == "local":
+        from imagenodes.engine.profiles import EMBEDDED
+
+        return max(1, EMBEDDED.max_images_per_call)
+    return replicas * replica_jobs
+
+
+class ServerSettings(BaseSettings):
+    """Everything the service is configured with; defaults are the safe ones.
+
+    Immutable: derive a changed copy with ``settings.model_copy(update={...})``.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_ignore_empty=True,  # IMAGENODES_TOKEN="" means "no token", not "token ''"
+        extra="forbid",  # a misspelt key in the config file is an error, not ignored
+        frozen=True,
+    )
 
     host: str = "127.0.0.1"
-    port: int = 8188
+    #: 0 binds any free port (tests).
+    port: int = Field(default=8188, ge=0, le=65535)
+    #: The workspace ``build_service`` opens when it is not given a host (default
+    #: ``$IMAGENODES_WORKSPACE`` or ``./workspace``, as ``imagenodes --workspace``).
+    workspace: str | None = None
     #: SQLite queue and other service state (default: ``<workspace>/.server`` for local
     #: workspaces, else ``./.imagenodes-server``).
     state_dir: Path | None = None
     #: The job queue: None (SQLite in the state dir), ``sqlite:///path`` or
     #: ``postgresql://…``, which several API and worker processes can share.
     queue: str | None = None
-    #: Bearer token every endpoint but /healthz requires (default ``IMAGENODES_TOKEN``).
-    token: str | None = None
-    #: Jobs this process runs at once; 0 makes an API-only process (a shared queue's
-    #: workers are other processes: ``imagenodes worker``).
-    workers: int = 1
+    #: Bearer token every endpoint but /healthz requires (env ``IMAGENODES_TOKEN``).
+    token: str | None = Field(default=None, repr=False)
     #: Where node jobs generate: ``local`` (this process) or ``ray`` / ``ray://address``
     #: (replicas on a Ray cluster holding warm pipelines; docs/scaling.md).
     executor: str = "local"
     #: Ray replicas (actors), each running ``replica_jobs`` jobs at a time.
-    replicas: int = 1
+    replicas: int = Field(default=1, ge=1)
     #: Jobs each Ray replica runs at once; above 1 it batches compatible ones into
     #: shared pipeline calls (``batch_window_ms``).
-    replica_jobs: int = 1
+    replica_jobs: int = Field(default=1, ge=1)
     #: torch threads per CPU replica (None: torch's default).
-    replica_threads: int | None = None
+    replica_threads: int | None = Field(default=None, ge=1)
+    #: Jobs this process runs at once; 0 makes an API-only process (a shared queue's
+    #: workers are other processes: ``imagenodes worker``).  None (the default) means:
+    #: locally, the default model family's per-call image limit — concurrent
+    #: compatible jobs then share pipeline calls — and with Ray, replicas × replica
+    #: jobs.  The attribute always holds a number: before a host is known, the
+    #: embedded family's limit; :meth:`resolved_workers` gives the host's.
+    workers: int = Field(default=None, validate_default=True, ge=0)
     #: The connections TOML the service was started with (``--connections``), for Ray
     #: replicas to open the same connections.
     connections_file: str | None = None
     #: With several workers, compatible jobs arriving within this window share one
     #: pipeline call (cross-request batching); 0 turns it off.
-    batch_window_ms: float = 20.0
+    batch_window_ms: float = Field(default=20.0, ge=0)
     #: Queued jobs beyond which ``POST /jobs`` answers 429.
-    max_queue: int = 100
+    max_queue: int = Field(default=100, ge=1)
+    #: What a job that was running when the service died becomes.
     on_restart: Literal["requeue", "fail"] = "requeue"
     #: Attempts a job gets across restarts before it is failed.
-    max_attempts: int = 3
+    max_attempts: int = Field(default=3, ge=1)
     #: Seconds a worker's lease lasts without a heartbeat.
-    lease_s: float = 30.0
+    lease_s: float = Field(default=30.0, gt=0)
     #: Per-job timeout in seconds (None = the node's own).
-    job_timeout: float | None = 600.0
+    job_timeout: float | None = Field(default=600.0, gt=0)
+    #: Browser origins allowed to call the API.
     cors_origins: tuple[str, ...] = ()
     #: Request bodies larger than this are refused with 413 before they are read.
-    max_body_bytes: int = 1 * 1024 * 1024
-    max_upload_bytes: int = 20 * 1024 * 1024
-    #: Longest ``Prefer: wait=N`` honoured.
-    max_wait_s: float = 60.0
+    max_body_bytes: int = Field(default=1 * 1024 * 1024, gt=0)
+    max_upload_bytes: int = Field(default=20 * 1024 * 1024, gt=0)
+    #: Longest ``Prefer: wait=N`` honoured (seconds).
+    max_wait_s: float = Field(default=60.0, gt=0)
     #: Hosts (``host`` or ``host:port``) webhooks may be sent to; none by default.
     webhook_allow: tuple[str, ...] = ()
     #: Allow webhook destinations that resolve to private/loopback addresses.
     webhook_allow_private: bool = False
-    #: HMAC secret for webhook signatures (default IMAGENODES_WEBHOOK_SECRET, else one
+    #: HMAC secret for webhook signatures (env ``IMAGENODES_WEBHOOK_SECRET``; else one
     #: generated once and kept in the state dir).
-    webhook_secret: str | None = None
-    extra: dict[str, str] = field(default_factory=dict)
+    webhook_secret: str | None = Field(default=None, repr=False)
+    #: Free-form values for an embedding application (the service reads none).
+    extra: dict[str, str] = Field(default_factory=dict)
+
+    # -- sources ----------------------------------------------------------------------
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Keyword arguments > ``IMAGENODES_*`` > the TOML config file > defaults (no
+        dotenv or secrets directory: the config file is the one file source)."""
+        env = _EnvSource(settings_cls)
+        path = config_file()
+        if path is None:
+            return init_settings, env
+        return init_settings, env, TomlConfigSettingsSource(settings_cls, path)
+
+    @classmethod
+    def load(cls, config: str | os.PathLike[str] | None = None, **values: Any) -> ServerSettings:
+        """The settings from every source, with ``config`` (``--config``) as the config
+        file instead of ``IMAGENODES_CONFIG``; ``values`` (the flags given) win over
+        everything.
+
+        Raises the library's INVALID_INPUT naming the flag of a bad value and where it
+        came from (:func:`settings_error`), never pydantic's error.
+        """
+        with _using_config(Path(config) if config else None):
+            try:
+                return cls(**values)
+            except ValueError as exc:  # ValidationError, SettingsError, TOMLDecodeError
+                raise settings_error(exc, given=values) from None
+
+    # -- validation -------------------------------------------------------------------
+    @model_validator(mode="before")
+    @classmethod
+    def _none_means_default(cls, data: Any) -> Any:
+        # An explicit ``workers=None`` is "the default" too, and must not count as given
+        # (resolved_workers refines only a number nobody asked for).
+        if isinstance(data, Mapping) and "workers" in data and data["workers"] is None:
+            return {k: v for k, v in data.items() if k != "workers"}
+        return data
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _workers_default(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is not None:
+            return value
+        # executor, replicas and replica_jobs are declared above, so they are here when
+        # they were valid (an invalid one is reported on its own).
+        return _default_workers(
+            str(info.data.get("executor", "local")),
+            int(info.data.get("replicas", 1)),
+            int(info.data.get("replica_jobs", 1)),
+        )
+
+    @field_validator("token", "webhook_secret")
+    @classmethod
+    def _blank_is_none(cls, value: str | None) -> str | None:
+        return value or None
+
+    # -- derived ----------------------------------------------------------------------
+    @property
+    def workers_given(self) -> bool:
+        """Whether a source set ``workers`` (else it is the default)."""
+        return "workers" in self.model_fields_set
+
+    def resolved_workers(self, host: Host) -> int:
+        """The workers the service runs on ``host``: the number asked for, else the
+        default — with the local executor, the per-call image limit of the default
+        connection's model family (so that many concurrent compatible jobs share one
+        pipeline call); with Ray, replicas × replica jobs."""
+        if self.workers_given or self.executor != "local":
+            return self.workers
+        return max(1, default_profile(host).max_images_per_call)
 
     def resolved_token(self) -> str | None:
-        return self.token or os.environ.get(TOKEN_ENV) or None
+        """The bearer token (``--token``, ``IMAGENODES_TOKEN`` or the config file)."""
+        return self.token or None
 
     def resolved_webhook_secret(self) -> str | None:
-        return self.webhook_secret or os.environ.get(WEBHOOK_SECRET_ENV) or None
+        """The webhook signing secret the sources gave (None: the state dir's)."""
+        return self.webhook_secret or None
 
     def check_bind(self) -> None:
         """Refuse to listen beyond loopback without a token (the default is local only)."""
@@ -82,6 +302,127 @@ class ServerSettings:
                 f"refusing to listen on {self.host!r} without a token: pass --token or set "
                 f"{TOKEN_ENV} (only 127.0.0.1 / ::1 / localhost may run without one)"
             )
+
+    @classmethod
+    def env_name(cls, field: str) -> str:
+        """The environment variable of a setting (``IMAGENODES_MAX_WAIT_S``)."""
+        return f"{ENV_PREFIX}{field.upper()}"
+
+    @classmethod
+    def default_of(cls, field: str) -> Any:
+        """A setting's default as the help texts show it (None: computed or unset)."""
+        info = cls.model_fields[field]
+        return None if info.default_factory is not None else info.default
+
+
+@contextmanager
+def _using_config(path: Path | None) -> Iterator[None]:
+    token = _config_file.set(path)
+    try:
+        yield
+    finally:
+        _config_file.reset(token)
+
+
+def default_profile(host: Host) -> ModelProfile:
+    """The model family of the host's default image connection, found the way the
+    engine routes it but without loading anything or importing torch; the embedded
+    family when it cannot be told that way (no local connection, a model not on this
+    machine, a class only diffusers' AutoPipeline could route)."""
+    from imagenodes.assets import embedded_model_path
+    from imagenodes.connections.local import LocalDiffusersConnection
+    from imagenodes.engine.profiles import EMBEDDED
+    from imagenodes.engine.routing import locate, pick_profile, read_class_name
+
+    # The registry holds what packs registered: model profiles, by name.
+    profiles: Mapping[str, ModelProfile] = host.registered.profiles
+    fallback = profiles.get("embedded", EMBEDDED)
+    try:
+        connection = host.connections.for_category(LocalDiffusersConnection.category)
+        runtime = connection.runtime_config()
+        if not runtime:
+            return fallback
+        spec = str(runtime.get("model") or "")
+        forced: str | None = runtime.get("profile")
+        # offline: never ask a hub at start-up; a model not here counts as unknown.
+        folder = locate(spec, profiles, models_dir=runtime.get("models_dir"), offline=True)
+        class_name = read_class_name(folder)
+        known = (
+            forced
+            or folder.resolve() == embedded_model_path().resolve()
+            or any(p.matches_id(spec) or p.matches_id(str(folder)) for p in profiles.values())
+            or any(class_name in p.class_names for p in profiles.values())
+        )
+        if known:  # else pick_profile would import diffusers for a generic profile
+            return pick_profile(spec, folder, class_name, profiles, forced)
+    except (ImageNodesError, OSError, ValueError):
+        pass
+    return fallback
+
+
+# -- errors -----------------------------------------------------------------------------
+def settings_error(
+    exc: ValidationError | ValueError, *, given: Mapping[str, Any] | None = None
+) -> InputError:
+    """The coded INVALID_INPUT for settings that failed to validate: it names the flag
+    (``--replicas``) as ``field`` and says where the bad value came from (``given``: the
+    values passed as keyword arguments, i.e. the CLI flags; else the environment
+    variable, else the config file)."""
+    given = given or {}
+    if not isinstance(exc, ValidationError):
+        # pydantic-settings' SettingsError (a list in an environment variable that is
+        # not JSON) or tomllib's (a config file that is not TOML).
+        match = re.search(r'field "(\w+)"', str(exc))
+        if match:
+            name = match.group(1)
+            flag = FLAGS.get(name, name)
+            return InputError(
+                f"{flag}: {exc} (from {_origin(name, given)})", field=flag, solution=SOLUTION
+            )
+        return InputError(
+            f"{_config_origin()} is not valid TOML: {exc}", field="--config", solution=SOLUTION
+        )
+    problems = []
+    first_field: str | None = None
+    for error in exc.errors():
+        name = str(error["loc"][0]) if error["loc"] else ""
+        if error["type"] == "extra_forbidden":
+            label = f"unknown setting {name!r}"
+            where = f"in {_config_origin()}" if name not in given else "a keyword argument"
+            message = f"{label} ({where}); known: {', '.join(ServerSettings.model_fields)}"
+            field = "--config" if name not in given else name
+        else:
+            flag = FLAGS.get(name, name)
+            msg = error["msg"][0].lower() + error["msg"][1:]
+            src = "" if name in given else f" from {_origin(name, given)}"
+            message = f"{flag}: {msg} (got {error.get('input')!r}{src})"
+            field = flag
+        problems.append(message)
+        first_field = first_field or field
+    return InputError(
+        "; ".join(problems),
+        field=first_field,
+        solution=SOLUTION,
+        details={"errors": problems} if len(problems) > 1 else None,
+    )
+
+
+def _origin(name: str, given: Mapping[str, Any]) -> str:
+    """Which source a setting's value came from (highest first, as they are applied)."""
+    if name in given:
+        return FLAGS.get(name, f"{name}=")
+    env = ServerSettings.env_name(name)
+    if os.environ.get(env):
+        return env
+    return _config_origin()
+
+
+def _config_origin() -> str:
+    try:
+        path = config_file()
+    except InputError:
+        path = None
+    return f"the config file {str(path)!r}" if path else "the defaults"
 
 
 def is_loopback(host: str) -> bool:

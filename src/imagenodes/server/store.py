@@ -1,18 +1,28 @@
 """The durable job queue: a ``JobStore`` protocol, its SQL shared by both backends, and
 the embedded SQLite implementation.
 
-Jobs and their events live in one SQLite file in the state dir (WAL mode, so readers
-never block the writer), which is what lets a builder reconnect to a job's event stream
-after the fact and lets queued jobs survive a crash.  A worker *claims* a job with a
-lease it renews by heartbeats; a job whose lease ran out belonged to a process that
-died, and the service re-queues it (bounded attempts) or fails it.
+Jobs and their events live in one SQLite file in the state dir, which is what lets a
+builder reconnect to a job's event stream after the fact and lets queued jobs survive a
+crash.  Writes go through one connection under one lock (``BEGIN IMMEDIATE``: the write
+lock up front, so a write transaction never has to be retried); reads go through
+connections of their own, one per thread, and in WAL mode a read transaction sees the
+last committed snapshot and takes no lock, so a slow writer stalls no reader.  The
+schema is versioned: numbered migrations (:mod:`imagenodes.server.store_schema`) are
+applied when a store opens, and a state dir of an older release is brought up to date.
+
+A worker *claims* a job with a lease it renews by heartbeats; a job whose lease ran out
+belonged to a process that died, and the service re-queues it (bounded attempts) or
+fails it.  The events that go with a state change (``job.started`` with a claim,
+``job.completed`` with an outcome) are written in the change's own transaction, so a
+job is never seen running without its start or finished without its end.
 
 The PostgreSQL backend (:mod:`imagenodes.server.pg_store`, ``--queue postgresql://…``,
 opened by :func:`imagenodes.server.backends.open_store`)
 runs the very same statements (:class:`SQLJobStore`); it only adds what several
 processes on one database need: row locks (``FOR UPDATE SKIP LOCKED``), an advisory lock
 around submissions, and ``NOTIFY`` so other processes learn about new jobs, events and
-cancellations.  The service only ever talks to a store through the protocol's methods.
+cancellations, and carries transient progress between processes (``broadcast``).
+The service only ever talks to a store through the protocol's methods.
 """
 
 from __future__ import annotations
@@ -21,6 +31,7 @@ import json
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -28,6 +39,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from imagenodes.errors import JobConflict, QueueFull
+from imagenodes.server import store_schema as schema
 
 Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
@@ -88,6 +100,11 @@ class JobStore(Protocol):
     claimed: the change then happens only while that claim still holds (status running,
     same lease owner and attempt), so a worker whose lease was taken over, or two
     processes recovering the same orphan, cannot both decide a job's fate.
+
+    The events that belong to a state change are written by the store in the change's
+    transaction (``claim`` → ``job.started``; ``finish``/``cancel_queued`` with
+    ``completed`` → ``job.completed``) and published through ``on_event`` after commit,
+    as ``append_event``'s are.
     """
 
     #: Several processes share this queue (a running job may belong to a live process
@@ -100,6 +117,11 @@ class JobStore(Protocol):
     on_remote_event: Callable[[str, str], None] | None
     #: Called with a job id when any process requested that job's cancellation.
     on_cancel: Callable[[str], None] | None
+    #: Called with (job id, payload) for what another process ``broadcast`` (progress
+    #: of a job it runs, for this process's listeners); never for this process's own.
+    on_remote_progress: Callable[[str, str], None] | None
+    #: Write transactions this store object committed (DB writes per job, measured).
+    writes: int
     #: Notified when a job becomes claimable (create, requeue, resume).
     wake: threading.Condition
 
@@ -111,7 +133,7 @@ class JobStore(Protocol):
         self, *, status: str | None, after: str | None, limit: int
     ) -> list[JobRecord]: ...
 
-    def claim(self, owner: str, lease_s: float) -> JobRecord | None: ...
+    def claim(self, owner: str, lease_s: float, *, run_id: str) -> JobRecord | None: ...
 
     def heartbeat(self, job_id: str, owner: str, lease_s: float) -> Lease: ...
 
@@ -125,9 +147,10 @@ class JobStore(Protocol):
         result: dict[str, Any] | None = None,
         error: dict[str, Any] | None = None,
         claim: JobRecord | None = None,
+        completed: dict[str, Any] | None = None,
     ) -> bool: ...
 
-    def cancel_queued(self, job_id: str) -> bool: ...
+    def cancel_queued(self, job_id: str, *, completed: dict[str, Any] | None = None) -> bool: ...
 
     def request_cancel(self, job_id: str) -> None: ...
 
@@ -149,6 +172,8 @@ class JobStore(Protocol):
 
     def events(self, job_id: str, *, after: int = 0) -> list[JobEvent]: ...
 
+    def broadcast(self, job_id: str, payload: str) -> None: ...
+
     def position(self, job_id: str) -> int | None: ...
 
     def counts(self) -> dict[str, int]: ...
@@ -166,44 +191,8 @@ class JobStore(Protocol):
     def close(self) -> None: ...
 
 
-#: Both backends' tables; ``{ord}`` is the queue-order column (SQLite: computed under the
-#: store's lock; PostgreSQL: a sequence, since several processes insert at once).
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    id TEXT PRIMARY KEY,
-    kind TEXT NOT NULL,
-    node TEXT NOT NULL,
-    body TEXT NOT NULL,
-    body_hash TEXT NOT NULL,
-    status TEXT NOT NULL,
-    created DOUBLE PRECISION NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    run_id TEXT,
-    started DOUBLE PRECISION,
-    finished DOUBLE PRECISION,
-    result TEXT,
-    error TEXT,
-    cancel_requested INTEGER NOT NULL DEFAULT 0,
-    lease_owner TEXT,
-    lease_until DOUBLE PRECISION,
-    ord {ord}
-);
-CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, ord);
-CREATE INDEX IF NOT EXISTS jobs_ord ON jobs (ord);
-CREATE TABLE IF NOT EXISTS events (
-    job_id TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    ts DOUBLE PRECISION NOT NULL,
-    type TEXT NOT NULL,
-    node TEXT NOT NULL,
-    step_id TEXT,
-    data TEXT NOT NULL,
-    PRIMARY KEY (job_id, seq)
-);
-CREATE TABLE IF NOT EXISTS flags (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, job_id TEXT);
-"""
-
+# The tables (jobs, events, flags, files) are the migrations' (server/migrations/,
+# applied by imagenodes.server.store_schema when a store opens).
 _COLUMNS = (
     "id, kind, node, body, body_hash, status, created, attempts, run_id, started, finished, "
     "result, error, cancel_requested, lease_owner, lease_until"
@@ -253,9 +242,12 @@ class Cursor(Protocol):
 class SQLJobStore:
     """The queue's logic in portable SQL, over a backend's transactions.
 
-    A backend gives :meth:`_tx` (one transaction, a cursor taking ``?`` placeholders)
-    and may set the class attributes below; :meth:`_announce` is its hook to tell other
-    processes (inside the transaction, so they hear only what was committed).
+    A backend gives :meth:`_tx` (one write transaction, a cursor taking ``?``
+    placeholders) and :meth:`_read` (a cursor for reads only, which must never wait
+    for a writer), and may set the class attributes below;
+    :meth:`_announce` is its hook to tell other processes (inside the transaction, so
+    they hear only what was committed) and :meth:`broadcast` to tell them what is never
+    stored.
     """
 
     shared = False
@@ -272,12 +264,31 @@ class SQLJobStore:
         self.on_event = on_event
         self.on_remote_event: Callable[[str, str], None] | None = None
         self.on_cancel: Callable[[str], None] | None = None
+        self.on_remote_progress: Callable[[str, str], None] | None = None
         self.wake = threading.Condition()
+        self.writes = 0
+        self._writes_lock = threading.Lock()
 
     @contextmanager
     def _tx(self) -> Iterator[Cursor]:
+        """One write transaction; a backend calls :meth:`_committed` after its commit."""
         raise NotImplementedError
         yield  # pragma: no cover
+
+    @contextmanager
+    def _read(self) -> Iterator[Cursor]:
+        """A cursor for reads only (SELECTs), which never waits for a writer."""
+        raise NotImplementedError
+        yield  # pragma: no cover
+
+    def _committed(self) -> None:
+        with self._writes_lock:
+            self.writes += 1
+
+    def broadcast(self, job_id: str, payload: str) -> None:
+        """Hand a transient message about ``job_id`` (progress) to the listeners of
+        *other* processes; never stored.  One process owns an SQLite queue, so it has
+        no one to tell: a no-op here (PostgreSQL overrides it)."""
 
     def _announce(self, cur: Cursor, kind: str, *words: str) -> None:
         """Tell other processes (``kind`` is "claimable", "event" or "cancel")."""
@@ -338,7 +349,7 @@ class SQLJobStore:
         return created, True
 
     def get(self, job_id: str) -> JobRecord | None:
-        with self._tx() as cur:
+        with self._read() as cur:
             row = cur.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return _record(row) if row else None
 
@@ -352,29 +363,47 @@ class SQLJobStore:
             clauses.append("ord < (SELECT ord FROM jobs WHERE id = ?)")
             args.append(after)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        with self._tx() as cur:
+        with self._read() as cur:
             rows = cur.execute(
                 f"SELECT {_COLUMNS} FROM jobs {where} ORDER BY ord DESC LIMIT ?",
                 (*args, limit),
             ).fetchall()
         return [_record(r) for r in rows]
 
-    def claim(self, owner: str, lease_s: float) -> JobRecord | None:
-        """The oldest queued job, now running under ``owner``'s lease (None if none).
+    def claim(self, owner: str, lease_s: float, *, run_id: str) -> JobRecord | None:
+        """The oldest queued job, now running under ``owner``'s lease as run ``run_id``
+        (None if none), with its ``job.started`` event — one transaction.
 
-        One statement: the sub-select picks the job (skipping rows another claimer has
-        locked, on PostgreSQL) and the update takes it, so no two claimers get one job.
+        One statement takes the job: the sub-select picks it (skipping rows another
+        claimer has locked, on PostgreSQL) and the update takes it, so no two claimers
+        get one job.  An empty queue is seen by a read first, so idle workers polling it
+        neither take the write lock nor count as writes.
         """
+        with self._read() as cur:
+            if cur.execute("SELECT 1 FROM jobs WHERE status = 'queued' LIMIT 1").fetchone() is None:
+                return None
         now = time.time()
         with self._tx() as cur:
             row = cur.execute(
                 "UPDATE jobs SET status = 'running', attempts = attempts + 1, started = ?, "
-                "lease_owner = ?, lease_until = ? WHERE status = 'queued' AND id = ("
+                "lease_owner = ?, lease_until = ?, run_id = ? WHERE status = 'queued' AND id = ("
                 "SELECT id FROM jobs WHERE status = 'queued' ORDER BY ord LIMIT 1"
                 f"{self._SKIP_LOCKED}) RETURNING {_COLUMNS}",
-                (now, owner, now + lease_s),
+                (now, owner, now + lease_s, run_id),
             ).fetchone()
-        return _record(row) if row else None
+            if row is None:  # taken meanwhile
+                return None
+            job = _record(row)
+            event = self._append(
+                cur,
+                job.id,
+                "job.started",
+                {"attempt": job.attempts, "run_id": run_id, "worker": owner},
+                job.node,
+                None,
+            )
+        self._published(event)
+        return job
 
     def heartbeat(self, job_id: str, owner: str, lease_s: float) -> Lease:
         """Renew ``owner``'s lease on a running job; says whether it still holds and
@@ -401,13 +430,17 @@ class SQLJobStore:
         result: dict[str, Any] | None = None,
         error: dict[str, Any] | None = None,
         claim: JobRecord | None = None,
+        completed: dict[str, Any] | None = None,
     ) -> bool:
-        """Record the outcome; False when ``claim`` no longer holds (nothing changed)."""
+        """Record the outcome; False when ``claim`` no longer holds (nothing changed).
+
+        ``completed``: the data of the ``job.completed`` event, written in the same
+        transaction when the outcome was recorded (and only then)."""
         guard, guard_args = (f" AND {_CLAIMED}", _claim_args(claim)) if claim else ("", ())
         with self._tx() as cur:
-            cur.execute(
+            row = cur.execute(
                 "UPDATE jobs SET status = ?, finished = ?, result = ?, error = ?, "
-                f"lease_owner = NULL, lease_until = NULL WHERE id = ?{guard}",
+                f"lease_owner = NULL, lease_until = NULL WHERE id = ?{guard} RETURNING node",
                 (
                     status,
                     time.time(),
@@ -416,18 +449,35 @@ class SQLJobStore:
                     job_id,
                     *guard_args,
                 ),
-            )
-            return bool(cur.rowcount == 1)
+            ).fetchone()
+            event = self._completed(cur, job_id, row, completed)
+        if event is not None:
+            self._published(event)
+        return row is not None
 
-    def cancel_queued(self, job_id: str) -> bool:
-        """Cancel a job that has not started; False when it is no longer queued."""
+    def cancel_queued(self, job_id: str, *, completed: dict[str, Any] | None = None) -> bool:
+        """Cancel a job that has not started; False when it is no longer queued.
+
+        ``completed``: as for :meth:`finish`."""
         with self._tx() as cur:
-            cur.execute(
+            row = cur.execute(
                 "UPDATE jobs SET status = 'cancelled', cancel_requested = 1, finished = ? "
-                "WHERE id = ? AND status = 'queued'",
+                "WHERE id = ? AND status = 'queued' RETURNING node",
                 (time.time(), job_id),
-            )
-            return bool(cur.rowcount == 1)
+            ).fetchone()
+            event = self._completed(cur, job_id, row, completed)
+        if event is not None:
+            self._published(event)
+        return row is not None
+
+    def _completed(
+        self, cur: Cursor, job_id: str, row: Any, completed: dict[str, Any] | None
+    ) -> JobEvent | None:
+        """The ``job.completed`` event of an outcome just recorded (``row``: the
+        update's ``RETURNING node``, None when nothing changed)."""
+        if row is None or completed is None:
+            return None
+        return self._append(cur, job_id, "job.completed", completed, row[0], None)
 
     def request_cancel(self, job_id: str) -> None:
         with self._tx() as cur:
@@ -522,7 +572,7 @@ class SQLJobStore:
         return int(ahead)
 
     def events(self, job_id: str, *, after: int = 0) -> list[JobEvent]:
-        with self._tx() as cur:
+        with self._read() as cur:
             rows = cur.execute(
                 "SELECT seq, ts, type, node, step_id, data FROM events "
                 "WHERE job_id = ? AND seq > ? ORDER BY seq",
@@ -533,14 +583,14 @@ class SQLJobStore:
     # -- queue ----------------------------------------------------------------------
     def position(self, job_id: str) -> int | None:
         """0 = next to run; None when the job is not queued."""
-        with self._tx() as cur:
+        with self._read() as cur:
             queued = cur.execute(
                 "SELECT 1 FROM jobs WHERE id = ? AND status = 'queued'", (job_id,)
             ).fetchone()
             return self._position(cur, job_id) if queued else None
 
     def counts(self) -> dict[str, int]:
-        with self._tx() as cur:
+        with self._read() as cur:
             rows = cur.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status").fetchall()
         out = dict.fromkeys(STATUSES, 0)
         out.update({status: int(n) for status, n in rows})
@@ -548,7 +598,7 @@ class SQLJobStore:
 
     def orphaned(self, now: float) -> list[JobRecord]:
         """Running jobs whose lease ran out: their worker's process is gone."""
-        with self._tx() as cur:
+        with self._read() as cur:
             rows = cur.execute(
                 f"SELECT {_COLUMNS} FROM jobs WHERE status = 'running' AND "
                 "(lease_until IS NULL OR lease_until < ?) ORDER BY ord",
@@ -557,7 +607,7 @@ class SQLJobStore:
         return [_record(r) for r in rows]
 
     def get_flag(self, name: str) -> bool:
-        with self._tx() as cur:
+        with self._read() as cur:
             row = cur.execute("SELECT value FROM flags WHERE name = ?", (name,)).fetchone()
         return bool(row[0]) if row else False
 
@@ -582,13 +632,25 @@ class SQLJobStore:
             )
 
     def has_file(self, path: str) -> bool:
-        with self._tx() as cur:
+        with self._read() as cur:
             row = cur.execute("SELECT 1 FROM files WHERE path = ?", (path,)).fetchone()
         return row is not None
 
 
+class _Reader:
+    """One thread's read connection.  The thread's ``threading.local`` holds the only
+    strong reference, so when the thread ends (a pool reaps its idle threads) the
+    connection is closed with it; the store keeps a weak one to close it on ``close``."""
+
+    __slots__ = ("__weakref__", "db")
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+
 class SQLiteJobStore(SQLJobStore):
-    """The default store: one SQLite file, one connection guarded by a lock.
+    """The default store: one SQLite file; one writer connection guarded by a lock, and
+    a read connection per thread.
 
     One process owns the file (the service's workers are threads of it); several
     processes sharing a queue is the PostgreSQL backend's job.  ``on_event`` is called
@@ -602,21 +664,40 @@ class SQLiteJobStore(SQLJobStore):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+        # WAL is a property of the file: set before anything else opens it, it holds for
+        # the migrations' connections and the readers too.
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(SCHEMA.format(ord="INTEGER NOT NULL"))
         self._lock = threading.Lock()
+        self._local = threading.local()
+        self._readers: weakref.WeakSet[_Reader] = weakref.WeakSet()
+        self._readers_lock = threading.Lock()
+        self._closed = False
+        try:
+            #: The schema version the file is at (see :mod:`imagenodes.server.store_schema`).
+            self.schema_version = schema.migrate(lambda: schema.sqlite_backend(self.path), "sqlite")
+        except BaseException:
+            self._db.close()
+            raise
 
     def close(self) -> None:
+        """Close the writer and every thread's reader (a thread that reads after this
+        gets an error rather than a new connection)."""
+        with self._readers_lock:
+            self._closed = True
+            readers = list(self._readers)
+        for reader in readers:
+            reader.db.close()
         with self._lock:
             self._db.close()
 
     @contextmanager
     def _tx(self) -> Iterator[Cursor]:
-        """One transaction under the store's lock (``BEGIN IMMEDIATE``: the write lock
-        up front, so a transaction never has to be retried)."""
+        """One write transaction on the writer connection, under the store's lock
+        (``BEGIN IMMEDIATE``: the write lock up front, so it never has to be retried)."""
         with self._lock:
             cur = self._db.cursor()
+            changes = self._db.total_changes
             cur.execute("BEGIN IMMEDIATE")
             try:
                 yield cur
@@ -624,6 +705,37 @@ class SQLiteJobStore(SQLJobStore):
                 cur.execute("ROLLBACK")
                 raise
             cur.execute("COMMIT")
+            if self._db.total_changes != changes:  # a claim that lost its race wrote nothing
+                self._committed()
+
+    @contextmanager
+    def _read(self) -> Iterator[Cursor]:
+        """One read transaction on this thread's reader connection: a snapshot of the
+        last commit (WAL), without the store's lock, so it never waits for a writer.
+        Ended at once, so no reader holds an old snapshot that keeps the WAL growing."""
+        db = self._reader()
+        cur = db.cursor()
+        cur.execute("BEGIN")
+        try:
+            yield cur
+        finally:
+            if db.in_transaction:
+                cur.execute("ROLLBACK")  # read-only: nothing to commit
+
+    def _reader(self) -> sqlite3.Connection:
+        reader: _Reader | None = getattr(self._local, "reader", None)
+        if reader is not None:
+            return reader.db
+        with self._readers_lock:
+            if self._closed:
+                raise sqlite3.ProgrammingError("the job store is closed")
+            # check_same_thread=False only so close() may close it from another thread.
+            db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+            db.execute("PRAGMA query_only=ON")
+            reader = _Reader(db)
+            self._readers.add(reader)
+        self._local.reader = reader
+        return db
 
 
 def redact_url(url: str) -> str:

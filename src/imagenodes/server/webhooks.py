@@ -5,8 +5,10 @@
   (the service must not become a way into the network it runs in).  Checked when the
   job is submitted (422 naming ``webhook``) and again before each delivery, against the
   address the name resolves to then.  URLs with credentials are refused.
-* **What**: the event envelope as JSON, filtered by the job's ``webhook_events``;
-  ``node.progress`` at most every ``progress_interval_s`` per job.
+* **What**: the job's events as JSON — the one event model
+  (:mod:`imagenodes.registry.events`), exactly what SSE and the WebSocket carry —
+  filtered by the job's ``webhook_events``; ``node.progress`` at most every
+  ``progress_interval_s`` per job.
 * **Signed**: ``X-Imagenodes-Signature: sha256=<hex HMAC-SHA256 of the body>`` with the
   server's secret (``--webhook-secret`` / ``IMAGENODES_WEBHOOK_SECRET``, else one kept
   in the state dir), so a receiver can tell the service's calls from anyone's.
@@ -27,25 +29,17 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any
 from urllib.parse import urlsplit
 
 from imagenodes.errors import InputError
+from imagenodes.registry.events import EVENT_TYPES, EventType
 from imagenodes.workspace.urls import Target, is_public, resolve
 
 log = logging.getLogger(__name__)
 
-#: The service's event types (the envelope's ``type``), as a type for request models.
-EventType = Literal[
-    "job.queued",
-    "job.started",
-    "model.loading",
-    "model.loaded",
-    "node.progress",
-    "image.stored",
-    "job.completed",
-]
-EVENT_TYPES: tuple[str, ...] = get_args(EventType)
+#: The event types a job's webhook may ask for: the one event model's.
+__all__ = ["EVENT_TYPES", "EventType", "WebhookPolicy", "WebhookSender"]
 SIGNATURE_HEADER = "X-Imagenodes-Signature"
 
 
@@ -205,7 +199,9 @@ class WebhookSender:
                 "Content-Type": "application/json",
                 SIGNATURE_HEADER: sign(self._secret, body),
                 "X-Imagenodes-Event": item.event["type"],
-                "X-Imagenodes-Delivery": f"{item.event['job_id']}:{item.event['seq']}",
+                # Durable events by their seq; a transient one (seq None) by its time.
+                "X-Imagenodes-Delivery": f"{item.event['job_id']}:"
+                f"{item.event['seq'] if item.event.get('seq') is not None else item.event['ts']}",
             },
         )
         if response.status_code >= 500 or response.status_code == 429:

@@ -560,17 +560,18 @@ async function run() {
       await follow(
         job.id,
         (event) => {
-          const stepId = event.step_id || (event.data || {}).step_id;
+          // One event model (docs/server.md "Events"): every field is on the event itself.
+          const stepId = event.step_id;
           const state = stepId ? byStep(stepId) : null;
           if (state && state !== current) {
             if (current && Number(current.status.progress.getAttribute("aria-valuenow")) === 0) setProgress(current, 1, 1);
             current = state;
           }
-          if (event.type === "node.progress" && state) setProgress(state, event.data.step, event.data.total);
+          if (event.type === "node.progress" && state) setProgress(state, event.step, event.total);
           else if (event.type === "model.loading" && state) state.status.stepText.textContent = "loading model";
           else if (event.type === "image.stored" && state) {
-            addThumbnail(state, event.data.index, event.data.url).catch((e) => say(e.message, true));
-          } else if (event.type === "job.completed") complete(event.data);
+            addThumbnail(state, event.index, event.url).catch((e) => say(e.message, true));
+          } else if (event.type === "job.completed") complete(event);
         },
         abort.signal,
       );

@@ -1,8 +1,12 @@
-"""The executor: runs one validated request of a node, start to stored files.
+"""The node runner: runs one validated request of a node, start to stored files.
 
-Each run gets its own context, cancel token, staging area and accounting; the node
-runs in a worker thread so that the caller can stop waiting the moment the run is
-cancelled or times out — even while a model is still loading.  The invariants:
+Each run gets its own context, cancel token (in the host's one
+:class:`~imagenodes.registry.context.CancelRegistry`), staging area and accounting.
+By default the node runs in a worker thread so that an interactive caller can stop
+waiting the moment the run is cancelled or times out — even while a model is still
+loading; a caller that is itself a worker thread (the service's) runs it ``inline``,
+where cancellation and the deadline are honoured at every step and between model
+loads, and no second thread exists.  The invariants:
 
 * Everything after the token is registered happens inside one ``try``: whatever
   fails (the node, the engine, a caller's ``on_event`` callback, the commit), the
@@ -37,6 +41,7 @@ from imagenodes.errors import (
 )
 from imagenodes.registry import events as ev
 from imagenodes.registry.context import (
+    CancelRegistry,
     CancelToken,
     HostRunContext,
     RunImages,
@@ -128,8 +133,8 @@ class _Outcome:
     cache_key: str | None = None
 
 
-class Executor:
-    """Runs nodes for one host; owns the run tokens (``cancel``)."""
+class NodeRunner:
+    """Runs nodes for one host; its runs' tokens live in the host's registry."""
 
     def __init__(
         self,
@@ -139,6 +144,7 @@ class Executor:
         trainings: TrainingStore,
         packs: InferencePackStore,
         sessions: SessionStore,
+        tokens: CancelRegistry,
         url_policy: UrlPolicy | None = None,
         source_max_side: int | None = None,
     ) -> None:
@@ -150,21 +156,7 @@ class Executor:
         self._packs = packs
         self._sessions = sessions
         self.results = ResultCache(workspace)
-        self._tokens: dict[str, CancelToken] = {}
-        self._tokens_lock = threading.Lock()
-
-    def cancel(self, run_id: str, reason: str = "cancelled") -> bool:
-        """Cancel a running run; True when it was running."""
-        with self._tokens_lock:
-            token = self._tokens.get(run_id)
-        if token is None:
-            return False
-        token.cancel(reason)
-        return True
-
-    def running(self) -> list[str]:
-        with self._tokens_lock:
-            return list(self._tokens)
+        self.tokens = tokens
 
     def execute(
         self,
@@ -177,6 +169,7 @@ class Executor:
         timeout: float | None,
         run_id: str,
         token: CancelToken,
+        inline: bool = False,
     ) -> RunResult:
         deadline = time.monotonic() + timeout if timeout else None
         staging = self.workspace.stage(f"runs/{run_id}")
@@ -197,16 +190,19 @@ class Executor:
             on_event=on_event,
             record=record,
         )
-        with self._tokens_lock:
-            # A run id names the run's folder: reusing one would overwrite another run's
-            # files.  Checked and registered under one lock, so two concurrent runs with
-            # the same id cannot both pass.
-            if run_id in self._tokens or self.workspace.exists(f"runs/{run_id}"):
-                raise InputError(
-                    f"run_id {run_id!r} is already in use or stored; use a new one",
-                    field="run_id",
-                )
-            self._tokens[run_id] = token
+        # A run id names the run's folder: reusing one would overwrite another run's
+        # files.  The registry checks and registers under one lock, so two concurrent
+        # runs with the same id cannot both pass.
+        in_use = InputError(
+            f"run_id {run_id!r} is already in use or stored; use a new one", field="run_id"
+        )
+        try:
+            self.tokens.open(run_id, token)
+        except KeyError:
+            raise in_use from None
+        if self.workspace.exists(f"runs/{run_id}"):
+            self.tokens.close(run_id, token)
+            raise in_use
         started = time.perf_counter()
         try:
             images = RunImages(
@@ -241,9 +237,12 @@ class Executor:
             )
             util.emit(ev.RUN_STARTED, inputs=public_inputs(inputs))
             public = {cat: conn.public_dict() for cat, conn in connections.items()}
-            outcome = self._in_worker(
-                cls, inputs, ctx, images, record, token, deadline, timeout, public
-            )
+            if inline:
+                outcome = self._run_node(cls, inputs, ctx, images, record, public)
+            else:
+                outcome = self._in_worker(
+                    cls, inputs, ctx, images, record, token, deadline, timeout, public
+                )
             util.check()
             record.timings["total_ms"] = (time.perf_counter() - started) * 1000
             result = RunResult(
@@ -289,8 +288,7 @@ class Executor:
             self._emit_quietly(util, ev.RUN_FAILED, error=err.to_dict())
             raise err from exc
         finally:
-            with self._tokens_lock:
-                self._tokens.pop(run_id, None)
+            self.tokens.close(run_id, token)
         try:
             emit_stored(util, record.stored)
             util.emit(ev.RUN_FINISHED, outputs=result.outputs, timings=result.timings)
@@ -353,10 +351,7 @@ class Executor:
         finally:
             token.remove_waker(wake)
         if "exc" in box:
-            exc = box["exc"]
-            if isinstance(exc, ValidationError):
-                raise GenerationFailed(f"{cls.id} returned invalid outputs: {exc}") from exc
-            raise exc
+            raise box["exc"]
         outcome: _Outcome = box["out"]
         return outcome
 
@@ -402,7 +397,10 @@ class Executor:
         out = node.run(inputs, ctx)
         if isinstance(out, BaseModel):
             out = out.model_dump(mode="json")
-        outputs = cls.Output.model_validate(out).model_dump(mode="json")
+        try:
+            outputs = cls.Output.model_validate(out).model_dump(mode="json")
+        except ValidationError as exc:
+            raise GenerationFailed(f"{cls.id} returned invalid outputs: {exc}") from exc
         return _Outcome(outputs, key)
 
     def _run_record(
