@@ -25,7 +25,7 @@ from imagenodes import Host
 from imagenodes.errors import Cancelled, GenerationFailed
 from imagenodes.registry.context import CancelToken
 from imagenodes.registry.events import Event
-from imagenodes.server.executor import NodeRun
+from imagenodes.server.executor import JobRun
 from tests.helpers import pixels
 from tests.test_server import Served, png, serve  # noqa: F401  (serve: the uvicorn fixture)
 
@@ -82,7 +82,8 @@ def _run(
 ) -> dict[str, Any]:
     return dict(
         executor.run(
-            NodeRun(
+            JobRun(
+                "node",
                 "generate_image_v2",
                 {**INPUTS, "steps": steps, "seed": seed},
                 run_id=os.urandom(16).hex(),
@@ -209,12 +210,20 @@ def test_a_service_job_on_ray_has_the_local_events_and_cancel(
             )
             time.sleep(0.1)
         types = [e.type for e in store.events(job.id)]
-        assert types[:2] == ["job.queued", "job.started"] and types[-1] == "job.completed"
-        assert types.count("node.progress") == 3 and "image.stored" in types
+        assert types == [
+            "job.queued",
+            "job.started",
+            "run.started",
+            "model.loaded",
+            "image.stored",
+            "run.finished",
+            "job.completed",
+        ]
         done = store.get(job.id)
         assert done is not None and done.result is not None
         assert all(store.has_file(url.removeprefix("/v1/files/")) for url in done.result["urls"])
-        while not any(e.type == "node.progress" for e in store.events(slow.id)):
+        # Progress is not stored: it reaches followers through the service's bus.
+        while getattr(service.bus.latest(slow.id), "type", None) != "node.progress":
             assert time.monotonic() < deadline
             time.sleep(0.05)
         assert service.cancel(slow.id)
@@ -228,6 +237,61 @@ def test_a_service_job_on_ray_has_the_local_events_and_cancel(
     # The executor was neither started again (no extra replicas) nor closed by the service.
     assert len(executor._actors) == 2
     assert _run(executor, 4, steps=2)["outputs"]["images"]
+
+
+def test_a_flow_job_on_ray_generates_on_a_replica(executor: Any, tmp_path: Path) -> None:
+    """A flow job goes through the same executor seam as a node job: under ``--executor
+    ray`` its steps generate on a replica (another process), not in the service's."""
+    from imagenodes.server.service import JobService
+    from imagenodes.server.settings import ServerSettings
+    from imagenodes.server.store import SQLiteJobStore
+
+    store = SQLiteJobStore(tmp_path / "q.sqlite3")
+    settings = ServerSettings(workers=2, executor="ray", replicas=2)
+    service = JobService(executor.host, settings, store, executor=executor)
+    service.start()
+    flow = {
+        "title": "two steps",
+        "steps": [
+            {
+                "id": "first",
+                "type": "generate_image_v2",
+                "parameters": {**INPUTS, "steps": 2, "seed": 1},
+            },
+            {
+                "id": "second",
+                "type": "image_to_image",
+                "parameters": {
+                    "source_image": "$.results.first.images.0",
+                    "prompt": "a green circle on a blue background",
+                    "negative_prompt": "",
+                    "strength": 0.8,
+                    "steps": 2,
+                    "seed": 2,
+                },
+            },
+        ],
+    }
+    try:
+        job, _ = service.submit({"flow": flow, "inputs": {}}, kind="flow")
+        deadline = time.monotonic() + 180
+        while (done := store.get(job.id)) is not None and done.status not in (
+            "succeeded",
+            "failed",
+        ):
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert done is not None and done.status == "succeeded", done.error
+        assert done.result is not None
+        replica = str(done.result["replica"])
+        assert int(replica.rsplit(":", 1)[1]) != os.getpid()  # generated in the replica
+        assert [s["id"] for s in done.result["steps"]] == ["first", "second"]
+        assert len(done.result["urls"]) == 2
+        stored = [(e.type, e.step_id) for e in store.events(job.id) if e.type == "image.stored"]
+        assert stored == [("image.stored", "first"), ("image.stored", "second")]
+    finally:
+        service.stop()
+        store.close()
 
 
 def test_api_workers_and_replica_share_one_s3_workspace(

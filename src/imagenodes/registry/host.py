@@ -43,6 +43,7 @@ from imagenodes.sdk import Node, image_ref_fields
 
 if TYPE_CHECKING:
     from imagenodes.engine.engine import Engine
+    from imagenodes.engine.profiles import ModelProfile
     from imagenodes.workspace import UrlPolicy
 
 __all__ = ["Host", "RunResult"]
@@ -205,6 +206,51 @@ class Host:
                 return {"available": False, "reason": exc.message}
         return {"available": True, "reason": None}
 
+    def default_profile(self) -> ModelProfile:
+        """The model family of the host's default image connection, found the way the
+        engine routes it but without loading anything or importing torch; the embedded
+        family when it cannot be told that way (no local connection, a model not on this
+        machine, a class only diffusers' AutoPipeline could route)."""
+        from imagenodes.assets import embedded_model_path
+        from imagenodes.connections.local import LocalDiffusersConnection
+        from imagenodes.engine.profiles import EMBEDDED
+        from imagenodes.engine.routing import locate, pick_profile, read_class_name
+
+        # The registry holds what packs registered: model profiles, by name.
+        profiles: Mapping[str, ModelProfile] = self.registered.profiles
+        fallback = profiles.get("embedded", EMBEDDED)
+        try:
+            connection = self.connections.for_category(LocalDiffusersConnection.category)
+            runtime = connection.runtime_config()
+            if not runtime:
+                return fallback
+            spec = str(runtime.get("model") or "")
+            forced: str | None = runtime.get("profile")
+            # offline: never ask a hub at start-up; a model not here counts as unknown.
+            folder = locate(spec, profiles, models_dir=runtime.get("models_dir"), offline=True)
+            class_name = read_class_name(folder)
+            known = (
+                forced
+                or folder.resolve() == embedded_model_path().resolve()
+                or any(p.matches_id(spec) or p.matches_id(str(folder)) for p in profiles.values())
+                or any(class_name in p.class_names for p in profiles.values())
+            )
+            if known:  # else pick_profile would import diffusers for a generic profile
+                return pick_profile(spec, folder, class_name, profiles, forced)
+        except (ImageNodesError, OSError, ValueError):
+            pass
+        return fallback
+
+    def enable_batching(self, window_ms: float) -> None:
+        """Let concurrent compatible runs of this host share pipeline calls (the
+        service turns it on when it runs several jobs at once)."""
+        self.engine.enable_batching(window_ms)
+
+    @property
+    def pipeline_calls(self) -> int:
+        """Pipeline calls this host's engine made (batched runs share one)."""
+        return int(self._engine.calls_made) if self._engine is not None else 0
+
     # -- validation -----------------------------------------------------------------
     def validate(self, node_id: str, inputs: Mapping[str, Any] | BaseModel) -> BaseModel:
         cls = self.node(node_id)
@@ -302,3 +348,11 @@ class Host:
                         f"{req.name}: {exc.message}", field=exc.field
                     ) from None
         return chosen
+
+
+def embedded_batch_limit() -> int:
+    """The embedded family's per-call image limit (the service's default concurrency
+    before a host is open)."""
+    from imagenodes.engine.profiles import EMBEDDED
+
+    return max(1, EMBEDDED.max_images_per_call)

@@ -86,11 +86,11 @@ class Replica:
         if batch_window_ms > 0:
             # Several jobs at once on this replica: compatible ones share pipeline
             # calls, as concurrent workers do on a local service (engine/batching.py).
-            self.host.engine.enable_batching(batch_window_ms)
+            self.host.enable_batching(batch_window_ms)
 
     def calls_made(self) -> int:
         """Pipeline calls this replica made (batched jobs share one)."""
-        return int(self.host.engine.calls_made)
+        return self.host.pipeline_calls
 
     def ready(self) -> str:
         """The health check: where this replica runs (``host:pid``)."""

@@ -183,7 +183,7 @@ class JobService:
             self.executor.start()  # one passed in was started by its owner
         if workers > 1 and isinstance(self.executor, LocalExecutor):
             # Concurrent workers are what batching coalesces (engine/batching.py).
-            self.host.engine.enable_batching(self.settings.batch_window_ms)
+            self.host.enable_batching(self.settings.batch_window_ms)
         if self.webhooks is not None:
             self.webhooks.start()
         self.recover()

@@ -40,10 +40,9 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from imagenodes.errors import ImageNodesError, InputError
+from imagenodes.errors import InputError
 
 if TYPE_CHECKING:
-    from imagenodes.engine.profiles import ModelProfile
     from imagenodes.registry.host import Host
 
 ENV_PREFIX = "IMAGENODES_"
@@ -128,9 +127,9 @@ def _default_workers(executor: str, replicas: int, replica_jobs: int) -> int:
     replica job slot keeps every slot busy.
     """
     if executor == "local":
-        from imagenodes.engine.profiles import EMBEDDED
+        from imagenodes.registry.host import embedded_batch_limit
 
-        return max(1, EMBEDDED.max_images_per_call)
+        return embedded_batch_limit()
     return replicas * replica_jobs
 
 
@@ -285,7 +284,7 @@ class ServerSettings(BaseSettings):
         pipeline call); with Ray, replicas × replica jobs."""
         if self.workers_given or self.executor != "local":
             return self.workers
-        return max(1, default_profile(host).max_images_per_call)
+        return max(1, host.default_profile().max_images_per_call)
 
     def resolved_token(self) -> str | None:
         """The bearer token (``--token``, ``IMAGENODES_TOKEN`` or the config file)."""
@@ -322,42 +321,6 @@ def _using_config(path: Path | None) -> Iterator[None]:
         yield
     finally:
         _config_file.reset(token)
-
-
-def default_profile(host: Host) -> ModelProfile:
-    """The model family of the host's default image connection, found the way the
-    engine routes it but without loading anything or importing torch; the embedded
-    family when it cannot be told that way (no local connection, a model not on this
-    machine, a class only diffusers' AutoPipeline could route)."""
-    from imagenodes.assets import embedded_model_path
-    from imagenodes.connections.local import LocalDiffusersConnection
-    from imagenodes.engine.profiles import EMBEDDED
-    from imagenodes.engine.routing import locate, pick_profile, read_class_name
-
-    # The registry holds what packs registered: model profiles, by name.
-    profiles: Mapping[str, ModelProfile] = host.registered.profiles
-    fallback = profiles.get("embedded", EMBEDDED)
-    try:
-        connection = host.connections.for_category(LocalDiffusersConnection.category)
-        runtime = connection.runtime_config()
-        if not runtime:
-            return fallback
-        spec = str(runtime.get("model") or "")
-        forced: str | None = runtime.get("profile")
-        # offline: never ask a hub at start-up; a model not here counts as unknown.
-        folder = locate(spec, profiles, models_dir=runtime.get("models_dir"), offline=True)
-        class_name = read_class_name(folder)
-        known = (
-            forced
-            or folder.resolve() == embedded_model_path().resolve()
-            or any(p.matches_id(spec) or p.matches_id(str(folder)) for p in profiles.values())
-            or any(class_name in p.class_names for p in profiles.values())
-        )
-        if known:  # else pick_profile would import diffusers for a generic profile
-            return pick_profile(spec, folder, class_name, profiles, forced)
-    except (ImageNodesError, OSError, ValueError):
-        pass
-    return fallback
 
 
 # -- errors -----------------------------------------------------------------------------
