@@ -962,7 +962,7 @@ def test_the_event_loop_answers_while_followers_and_jobs_load_it(
     serve: Callable[..., Served],
 ) -> None:
     """50 SSE followers and 16 jobs: /v1/healthz still answers within a second (the
-    tight number, p99 < 50 ms, is bench/service_loop.py's)."""
+    tight number, p99 < 50 ms, is bench/service_path.py's)."""
     import asyncio
 
     served = serve()

@@ -273,7 +273,10 @@ class Util(Protocol):
         ...
 
     def emit(self, type: str, **data: Any) -> None:
-        """Send a progress event to the caller's ``on_event``."""
+        """Send the typed event ``type`` with these fields to the caller's ``on_event``
+        (``"node.progress"`` with ``step`` and ``total``, …: the classes of
+        :mod:`imagenodes.registry.events`; a type or field they do not have is a bug
+        the host reports as GENERATION_FAILED)."""
         ...
 
     def notice(self, notice: Notice) -> None:

@@ -166,15 +166,14 @@ class JobService:
         self._running_lock = threading.Lock()
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._workers = settings.resolved_workers(host)
         self.ready = False
 
     @property
     def workers(self) -> int:
-        """Jobs this process runs at once (the settings' resolved default)."""
-        resolved: Callable[..., int] | None = getattr(self.settings, "resolved_workers", None)
-        if resolved is not None:
-            return resolved(self.host)
-        return int(self.settings.workers or 0)
+        """Jobs this process runs at once (the settings' default resolved for the host
+        once, when the service was made)."""
+        return self._workers
 
     # -- lifecycle ------------------------------------------------------------------
     def start(self) -> None:
