@@ -166,6 +166,7 @@ class JobService:
         self._running_lock = threading.Lock()
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._threads_lock = threading.Lock()
         self._workers = settings.resolved_workers(host)
         self.ready = False
 
@@ -187,14 +188,11 @@ class JobService:
             self.webhooks.start()
         self.recover()
         for index in range(workers):  # 0: an API-only process
-            thread = threading.Thread(
-                target=self._work, name=f"imagenodes-worker-{index}", daemon=True
-            )
-            thread.start()
-            self._threads.append(thread)
+            self._spawn_worker(index)
         beat = threading.Thread(target=self._heartbeats, name="imagenodes-heartbeat", daemon=True)
         beat.start()
-        self._threads.append(beat)
+        with self._threads_lock:
+            self._threads.append(beat)
         self.ready = True
 
     def stop(self, timeout: float = 30.0) -> None:
@@ -206,8 +204,13 @@ class JobService:
         with self.store.wake:
             self.store.wake.notify_all()
         deadline = time.monotonic() + timeout
-        for thread in self._threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
+        while True:  # a worker that just finished a job may have started its successor
+            with self._threads_lock:
+                alive = [t for t in self._threads if t.is_alive()]
+            if not alive or time.monotonic() >= deadline:
+                break
+            for thread in alive:
+                thread.join(max(0.0, deadline - time.monotonic()))
         if self.webhooks is not None:
             self.webhooks.stop()
         if self._owns_executor:
@@ -382,15 +385,19 @@ class JobService:
 
         def on_event(event: Event) -> None:
             update: dict[str, Any] = {"job_id": job.id}
+            file = None
             if isinstance(event, ImageStored):
-                url = file_url(self.host, event.ref)
-                update["url"] = url
-                if url is not None:
-                    self.store.record_file(url.removeprefix("/v1/files/"), job.id)
+                url = update["url"] = file_url(self.host, event.ref)
+                file = url.removeprefix("/v1/files/") if url is not None else None
             event = event.model_copy(update=update)
             if event.durable:
                 self.store.append_event(
-                    job.id, event.type, _row_data(event), node=event.node, step_id=event.step_id
+                    job.id,
+                    event.type,
+                    _row_data(event),
+                    node=event.node,
+                    step_id=event.step_id,
+                    file=file,  # served from the moment its event is seen
                 )
             else:
                 self.bus.offer(event)
@@ -398,7 +405,26 @@ class JobService:
         return on_event
 
     # -- workers --------------------------------------------------------------------
-    def _work(self) -> None:
+    def _spawn_worker(self, index: int) -> None:
+        thread = threading.Thread(
+            target=self._work, args=(index,), name=f"imagenodes-worker-{index}", daemon=True
+        )
+        with self._threads_lock:
+            self._threads = [t for t in self._threads if t.is_alive()]
+            self._threads.append(thread)
+        thread.start()
+
+    def _work(self, index: int) -> None:
+        """Claim a job and run it in this thread, then hand the slot to a new thread.
+
+        One thread per job, and it is the thread that runs it (no second one waits
+        beside it).  It ends with its job because torch's OpenMP runtime keeps a worker
+        pool alive per thread that ran a parallel region: long-lived workers that take
+        turns generating would leave several pools alive, and libgomp then throttles
+        every one of them (the same call 2.5-2.8x slower on 2 cores;
+        bench/_common.in_fresh_thread).  A thread costs ~0.1 ms; a pool left behind,
+        seconds.
+        """
         wake = self.store.wake
         while not self._stopping.is_set():
             job = None
@@ -414,7 +440,12 @@ class JobService:
                 with wake:
                     wake.wait(timeout=1.0)
                 continue
-            self._execute(job, run_id)
+            try:
+                self._execute(job, run_id)
+            finally:
+                if not self._stopping.is_set():
+                    self._spawn_worker(index)
+            return
 
     def _heartbeats(self) -> None:
         """Renew the leases of this process's jobs (a cancel requested elsewhere, or a

@@ -168,6 +168,7 @@ class JobStore(Protocol):
         *,
         node: str,
         step_id: str | None = None,
+        file: str | None = None,
     ) -> JobEvent: ...
 
     def events(self, job_id: str, *, after: int = 0) -> list[JobEvent]: ...
@@ -529,9 +530,15 @@ class SQLJobStore:
         *,
         node: str,
         step_id: str | None = None,
+        file: str | None = None,
     ) -> JobEvent:
+        """Store one event (its seq is the next of the job's); ``file``: a workspace
+        path the event reports (an image stored), recorded as the job's in the same
+        transaction, so ``GET /v1/files`` serves it from then on."""
         with self._tx() as cur:
             event = self._append(cur, job_id, type, data, node, step_id)
+            if file is not None:
+                self._record_file(cur, file, job_id)
         self._published(event)
         return event
 
@@ -626,10 +633,14 @@ class SQLJobStore:
     # -- files the service produced (the only ones GET /v1/files serves) -------------
     def record_file(self, path: str, job_id: str | None) -> None:
         with self._tx() as cur:
-            cur.execute(
-                "INSERT INTO files (path, job_id) VALUES (?, ?) ON CONFLICT (path) DO NOTHING",
-                (path, job_id),
-            )
+            self._record_file(cur, path, job_id)
+
+    @staticmethod
+    def _record_file(cur: Cursor, path: str, job_id: str | None) -> None:
+        cur.execute(
+            "INSERT INTO files (path, job_id) VALUES (?, ?) ON CONFLICT (path) DO NOTHING",
+            (path, job_id),
+        )
 
     def has_file(self, path: str) -> bool:
         with self._read() as cur:
