@@ -99,7 +99,12 @@ def job(client: httpx.Client, seed: int) -> dict[str, Any]:
     return out
 
 
-def writes_and_overhead(pairs: int, counter: WriteCounter) -> None:
+WRITES_TARGET = 8  # database writes per 20-step job
+OVERHEAD_TARGET = 1.05  # median service / Host.run
+P99_TARGET_MS = 50.0  # /v1/healthz under 50 followers and 16 jobs
+
+
+def writes_and_overhead(pairs: int, counter: WriteCounter) -> tuple[float, float]:
     with tempfile.TemporaryDirectory() as tmp, served(Path(tmp), workers=1) as (url, host):
         with httpx.Client(base_url=url, timeout=120) as client:
             job(client, 0)  # warm: the pipeline is loaded and cached
@@ -108,7 +113,8 @@ def writes_and_overhead(pairs: int, counter: WriteCounter) -> None:
             n = 3
             for seed in range(1, n + 1):
                 job(client, seed)
-            print(f"database writes per 20-step job: {(counter.count - before) / n:.1f}")
+            writes = (counter.count - before) / n
+            print(f"database writes per 20-step job: {writes:.1f}")
             ratios, served_s, direct_s = [], [], []
             for i in range(pairs):
                 order = ("service", "host") if i % 2 == 0 else ("host", "service")
@@ -129,9 +135,10 @@ def writes_and_overhead(pairs: int, counter: WriteCounter) -> None:
                 f"({(med - 1) * 100:+.1f} %; service {statistics.median(served_s) * 1000:.0f} ms,"
                 f" Host.run {statistics.median(direct_s) * 1000:.0f} ms, {pairs} pairs)"
             )
+            return writes, med
 
 
-def loop_latency(jobs: int, followers: int) -> None:
+def loop_latency(jobs: int, followers: int) -> float:
     with tempfile.TemporaryDirectory() as tmp, served(Path(tmp)) as (url, _host):
         with httpx.Client(base_url=url, timeout=120) as client:
             job(client, 0)  # warm
@@ -174,6 +181,7 @@ def loop_latency(jobs: int, followers: int) -> None:
             f"({len(lat)} probes over {took:.1f} s): p50 {p(0.5):.1f} ms, "
             f"p99 {p(0.99):.1f} ms, max {lat[-1]:.1f} ms"
         )
+        return p(0.99)
 
 
 def main() -> None:
@@ -186,8 +194,36 @@ def main() -> None:
 
     print(f"imagenodes from {Path(imagenodes.__file__).parent} (python {sys.version.split()[0]})")
     counter = WriteCounter()
-    writes_and_overhead(args.pairs, counter)
-    loop_latency(args.jobs, args.followers)
+    writes, ratio = writes_and_overhead(args.pairs, counter)
+    p99 = loop_latency(args.jobs, args.followers)
+    rows = [
+        (
+            "database writes per 20-step job",
+            f"≤ {WRITES_TARGET}",
+            f"{writes:.1f}",
+            writes <= WRITES_TARGET,
+        ),
+        (
+            "service / Host.run, same warm pipeline",
+            f"≤ {OVERHEAD_TARGET}",
+            f"{ratio:.3f}",
+            ratio <= OVERHEAD_TARGET,
+        ),
+        (
+            f"/v1/healthz p99, {args.followers} followers, {args.jobs} jobs",
+            f"< {P99_TARGET_MS:g} ms",
+            f"{p99:.1f} ms",
+            p99 < P99_TARGET_MS,
+        ),
+    ]
+    print("\n| measure | target | measured | |\n|---|---|---|---|")
+    for name, target, got, ok in rows:
+        print(f"| {name} | {target} | {got} | {'PASS' if ok else 'MISS'} |")
+    verdict = "PASS" if all(r[3] for r in rows) else "MISS"
+    print(
+        f"SUMMARY: service path {verdict}: {writes:.1f} writes/job, overhead "
+        f"{(ratio - 1) * 100:+.1f} %, healthz p99 {p99:.1f} ms"
+    )
 
 
 if __name__ == "__main__":

@@ -293,6 +293,7 @@ def test_performance_md_reports_every_benchmark_with_its_command_and_output() ->
         "scale",
         "scale_out",
         "service_batching",
+        "service_path",
         "size_policy",
         "task_switch",
         "threads",
