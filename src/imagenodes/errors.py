@@ -43,6 +43,10 @@ SOLUTIONS: dict[str, str] = {
     "UNSUPPORTED_MEDIA_TYPE": "Send application/json (multipart/form-data or an image type to /v1/uploads)",
     "FILE_NOT_FOUND": "Use a file reference the service returned (runs/… or uploads/…)",
     "NOT_FOUND": "No such endpoint or method; the API is described at /openapi.json",
+    "INVALID_FLOW": "Fix the named part of the flow document (steps, references, input schema)",
+    "INVALID_JSON": "Send a well-formed UTF-8 JSON body within the documented nesting depth",
+    "INVALID_CURSOR": "Use the 'next' cursor of the previous page as it was given",
+    "UNTRUSTED_HOST": "Call the server by a loopback name or one allowed with --allowed-host",
 }
 
 #: Error codes that mean "the caller gave bad input/config" (CLI exit code 2).
@@ -71,6 +75,10 @@ USER_ERROR_CODES = frozenset(
         "UNSUPPORTED_MEDIA_TYPE",
         "FILE_NOT_FOUND",
         "NOT_FOUND",
+        "INVALID_FLOW",
+        "INVALID_JSON",
+        "INVALID_CURSOR",
+        "UNTRUSTED_HOST",
     }
 )
 
@@ -243,6 +251,31 @@ class NotFound(ServiceError):
     code = "NOT_FOUND"
 
 
+class InvalidFlow(ImageNodesError):
+    """A flow document that cannot run: its structure, a reference, its input schema."""
+
+    code = "INVALID_FLOW"
+
+
+class InvalidJson(ServiceError):
+    """A request body that is not JSON: bad UTF-8, bad syntax, nested too deep."""
+
+    code = "INVALID_JSON"
+
+
+class InvalidCursor(ServiceError):
+    """A paging cursor the service did not hand out (or one tampered with)."""
+
+    code = "INVALID_CURSOR"
+
+
+class UntrustedHost(ServiceError):
+    """A request addressed to a host name the server does not answer for (DNS
+    rebinding: a page on another name reaching a loopback server)."""
+
+    code = "UNTRUSTED_HOST"
+
+
 __all__ = [
     "SOLUTIONS",
     "USER_ERROR_CODES",
@@ -255,7 +288,10 @@ __all__ = [
     "GenerationTimeout",
     "ImageNodesError",
     "InputError",
+    "InvalidCursor",
     "InvalidDimensions",
+    "InvalidFlow",
+    "InvalidJson",
     "InvalidSession",
     "JobConflict",
     "NotFound",
@@ -271,4 +307,5 @@ __all__ = [
     "UnknownNodeError",
     "UnknownTraining",
     "UnsupportedMediaType",
+    "UntrustedHost",
 ]
