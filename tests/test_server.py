@@ -324,7 +324,8 @@ def test_files_serves_only_what_the_service_produced(
     # A raw request: an HTTP client would normalise "../" away before sending it.
     with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
         conn.sendall(
-            f"GET /v1/files/{path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
+            f"GET /v1/files/{path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            "Connection: close\r\n\r\n".encode()
         )
         raw = b""
         while chunk := conn.recv(65536):
@@ -848,7 +849,7 @@ def test_job_list_filters_by_status_and_pages_with_a_cursor(serve: Callable[...,
         ]
         c.post(f"/v1/jobs/{ids[0]}/cancel")
         first = c.get("/v1/jobs", params={"limit": 2}).json()
-        assert [j["id"] for j in first["jobs"]] == [ids[2], ids[1]] and first["next"] == ids[1]
+        assert [j["id"] for j in first["jobs"]] == [ids[2], ids[1]] and first["next"]  # opaque
         rest = c.get("/v1/jobs", params={"limit": 2, "after": first["next"]}).json()
         assert [j["id"] for j in rest["jobs"]] == [ids[0]] and rest["next"] is None
         queued = c.get("/v1/jobs", params={"status": "queued"}).json()["jobs"]
@@ -991,3 +992,45 @@ def test_the_event_loop_answers_while_followers_and_jobs_load_it(
 
     latencies = asyncio.run(load())
     assert len(latencies) >= 5 and max(latencies) < 1.0, max(latencies)
+
+
+def test_a_resuming_client_gets_what_it_missed_then_the_latest_progress(
+    serve: Callable[..., Served],
+) -> None:
+    served = serve()
+    slow = {"node": "generate_image_v2", "inputs": {**BASE, "aspect_ratio": "1:1", "steps": 50}}
+    with served.client() as c:
+        job_id = c.post("/v1/jobs", json=slow).json()["id"]
+        with connect_sse(c, "GET", f"/v1/jobs/{job_id}/events") as source:
+            for sse in source.iter_sse():  # the first client drops once progress flows
+                if sse.event == "node.progress":
+                    break
+        resumed = []
+        with connect_sse(
+            c, "GET", f"/v1/jobs/{job_id}/events", headers={"Last-Event-ID": "2"}
+        ) as source:
+            for sse in source.iter_sse():
+                resumed.append(json.loads(sse.data))
+                if resumed[-1]["type"] == "node.progress":
+                    break
+        c.post(f"/v1/jobs/{job_id}/cancel")
+    durable_part, latest = resumed[:-1], resumed[-1]
+    assert [e["seq"] for e in durable_part] == list(range(3, 3 + len(durable_part)))
+    assert "run.started" in [e["type"] for e in durable_part]  # missed, replayed
+    assert latest["type"] == "node.progress" and latest["seq"] is None
+    assert 0 < latest["step"] < 50 and latest["job_id"] == job_id
+
+
+def test_batching_on_by_default_never_delays_a_lone_job(serve: Callable[..., Served]) -> None:
+    """A lone job on an idle pipeline starts at once: it does not wait for a batch
+    window it cannot fill (here 5 s, so a wait would show)."""
+    served = serve(batch_window_ms=5000)
+    body = {"node": "generate_image_v2", "inputs": {**FAST, "seed": 1}}
+    with served.client() as c:
+        c.post("/v1/jobs", json=body, headers={"Prefer": "wait=60"})  # warm: model loaded
+        assert c.get("/v1/queue").json()["workers"] > 1  # batching is on
+        t0 = time.monotonic()
+        job = c.post(
+            "/v1/jobs", json={**body, "inputs": {**FAST, "seed": 2}}, headers={"Prefer": "wait=60"}
+        ).json()
+        assert job["status"] == "succeeded" and time.monotonic() - t0 < 4.0

@@ -31,11 +31,14 @@ from typing import Annotated, Any, ClassVar, Generic, Protocol, TypeVar
 import pluggy
 from PIL import Image
 from pydantic import AfterValidator, BaseModel, ConfigDict
+from pydantic_core import PydanticCustomError
 
 from imagenodes.engine.aspect import RATIOS
 from imagenodes.engine.job import (
     IMAGE_TO_IMAGE,
     INSTRUCT_EDIT,
+    MAX_IMAGES,
+    MAX_SIDE,
     TEXT_TO_IMAGE,
     Aspect,
     Exact,
@@ -113,6 +116,34 @@ MAX_PROMPT_CHARS = 2000
 #: many characters by the host; ``ImageRef`` fields are exempt (a data URI is an
 #: image, bounded by the image byte cap instead).
 MAX_TEXT_CHARS = 10_000
+
+#: The pydantic error type of an :class:`ImageNodesError` raised inside a validator
+#: (see :func:`coded`): the host's validation gives the original error back, code intact.
+CODED_ERROR = "imagenodes_coded"
+
+
+def coded(err: ImageNodesError) -> PydanticCustomError:
+    """``err`` as an error pydantic collects, to raise from a model's validator.
+
+    Pydantic lets any exception but ``ValueError``/``AssertionError``/its own escape a
+    validator as it is, so an ``ImageNodesError`` raised there would skip the caller's
+    validation-error handling (FastAPI's ``RequestValidationError``) and lose the
+    location.  Wrapped, it travels with the other errors, and the host's validation
+    (``imagenodes.registry.validation.to_error``) rebuilds it with its code, solution
+    and details, its field prefixed by where it was raised.  In the SDK so that a node's
+    own validators (a pack's too) can refuse a value with the code that fits it.
+    """
+    return PydanticCustomError(
+        CODED_ERROR,
+        "{message}",
+        {
+            "message": err.message,
+            "code": err.code,
+            "field": err.field,
+            "solution": err.solution,
+            "details": err.details,
+        },
+    )
 
 
 def _non_empty(value: str) -> str:
@@ -438,10 +469,13 @@ class Node(Generic[InT, OutT]):
 
 
 __all__ = [
+    "CODED_ERROR",
     "IMAGE_TO_IMAGE",
     "INSTRUCT_EDIT",
+    "MAX_IMAGES",
     "MAX_PROMPT_CHARS",
     "MAX_SEED",
+    "MAX_SIDE",
     "MAX_TEXT_CHARS",
     "RATIOS",
     "TEXT_TO_IMAGE",
@@ -476,6 +510,7 @@ __all__ = [
     "Text",
     "Training",
     "Util",
+    "coded",
     "draw_seed",
     "hookimpl",
     "hookspec",

@@ -7,6 +7,8 @@ the same size, steps, guidance and precision within a short window, the first on
 *leader*) waits for others — until ``window_s`` passes without a new one, at most five
 windows, and while the pipeline is busy with the previous batch — then runs one
 pipeline call with every member's prompts and seeds and hands each its own images.
+A leader that is the only run in flight on its host (``in_flight``), on an idle
+pipeline, does not wait at all: batching on by default costs a lone request nothing.
 
 Each member keeps its own prompt, seeds (per-image CPU generators, so its latents are
 exactly those of a call of its own), progress events and cancellation: a member that is
@@ -136,8 +138,12 @@ class _FanOut:
 class Batcher:
     """Coalesces concurrent compatible requests (see the module docstring)."""
 
-    def __init__(self, window_s: float) -> None:
+    def __init__(self, window_s: float, in_flight: Callable[[], int] | None = None) -> None:
         self.window_s = window_s
+        #: How many runs are in flight on this engine's host right now (None: unknown).
+        #: A leader that is the only one, on an idle pipeline, starts at once: a lone
+        #: request never waits for a window it cannot fill.
+        self.in_flight = in_flight
         self._lock = threading.Condition()
         self._open: dict[Hashable, _Batch] = {}
         #: Keys whose shared call is running: the next batch of that key stays open
@@ -184,7 +190,12 @@ class Batcher:
         # than MAX_WINDOWS windows after the first, so latency stays bounded.
         latest = time.monotonic() + MAX_WINDOWS * self.window_s
         with self._lock:
-            while batch.size < batch.limit:
+            alone = (
+                self.in_flight is not None
+                and self.in_flight() <= len(batch.members)
+                and batch.key not in self._busy
+            )
+            while not alone and batch.size < batch.limit:
                 remaining = min(batch.last_join + self.window_s, latest) - time.monotonic()
                 if remaining <= 0:
                     break

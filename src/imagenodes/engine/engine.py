@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 from dataclasses import replace
 from typing import Any
@@ -79,13 +79,14 @@ class Engine:
         self.calls_made = 0
         self._calls_lock = threading.Lock()
 
-    def enable_batching(self, window_ms: float) -> None:
+    def enable_batching(self, window_ms: float, in_flight: Callable[[], int] | None = None) -> None:
         """Let concurrent compatible requests share calls (``window_ms`` ≤ 0 turns it off).
 
         See :mod:`imagenodes.engine.batching`; the service enables it with
-        ``--batch-window-ms``.
+        ``--batch-window-ms``.  ``in_flight`` counts the runs in flight on the caller's
+        host, so a lone one starts without waiting for the window.
         """
-        self.batcher = Batcher(window_ms / 1000) if window_ms > 0 else None
+        self.batcher = Batcher(window_ms / 1000, in_flight) if window_ms > 0 else None
 
     # -- routing --------------------------------------------------------------------
     def route(

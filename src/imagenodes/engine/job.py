@@ -21,6 +21,7 @@ from PIL import Image
 from pydantic import BaseModel
 
 from imagenodes.engine.notices import Notice
+from imagenodes.errors import ImageNodesError, InputError, InvalidDimensions
 
 TEXT_TO_IMAGE = "text-to-image"
 IMAGE_TO_IMAGE = "image-to-image"
@@ -28,6 +29,18 @@ INSTRUCT_EDIT = "instruction-edit"
 
 #: Long side of seed 000's tiers: ``_HD`` 1024 px, ``_FHD`` 1920 px, plain = native.
 TIERS: dict[str, int | None] = {"": None, "_HD": 1024, "_FHD": 1920}
+
+#: The longest side a job may ask to have delivered: 2048 px, the largest size a
+#: built-in family generates and the largest any built-in node's schema allows (a
+#: family whose ``max_resolution`` is larger raises it to that).  A larger side is
+#: INVALID_DIMENSIONS before anything loads: a resize to 2**40 px overflows, one to
+#: 100 000 px takes the machine's memory.
+MAX_SIDE = 2048
+#: The most images one job may ask for (image_generator's largest run, 100 requests
+#: of 4, fits); more is BATCH_SIZE_EXCEEDED.
+MAX_IMAGES = 512
+#: The largest seed a generator takes (torch's ``manual_seed``: 64 bits unsigned).
+MAX_GENERATOR_SEED = 2**64 - 1
 
 
 @dataclass(frozen=True)
@@ -165,3 +178,77 @@ class Generation:
     device: str = "cpu"
     dtype: str = "float32"
     threads: int | None = None
+
+
+def _shown(value: object) -> str:
+    """A refused number as a message shows it: abridged (a 70-digit integer is not
+    echoed back whole)."""
+    text = repr(value)
+    return text if len(text) <= 24 else f"{text[:10]}…{text[-6:]} ({len(text)} digits)"
+
+
+def _side_fields(size: Exact | FromSource) -> tuple[str, str]:
+    """The input fields of a size's width and height (``width/height`` → both)."""
+    first, _, second = size.field.partition("/")
+    return first, second or first
+
+
+def check_bounds(job: ImageJob, *, max_side: int = MAX_SIDE) -> None:
+    """Refuse every integer of ``job`` the engine could not honour, with a coded error
+    naming its field — before anything is routed to a pipeline or loaded.
+
+    The built-in nodes' schemas and validators keep their inputs within these bounds
+    already; this is the engine's own boundary, for every node a pack may add:
+
+    * a size's sides (``Exact``, ``FromSource`` — 0 there means "from the source" —
+      and an ``Aspect``'s long side) at most ``max_side``: INVALID_DIMENSIONS naming
+      ``width`` or ``height`` (the size's own field names);
+    * the image count, 1 to :data:`MAX_IMAGES` where it is made as asked (``split``
+      or one prompt per image): BATCH_SIZE_EXCEEDED naming the count's field; a
+      ``clamp`` count is clamped (a notice) from 0 up, but not past MAX_IMAGES;
+    * seeds, 0 to :data:`MAX_GENERATOR_SEED` including ``seed + i`` of the last image:
+      INVALID_INPUT naming ``seed``.
+    """
+    size = job.size
+    if isinstance(size, Exact | FromSource):
+        least = 1 if isinstance(size, Exact) else 0
+        for name, value in zip(_side_fields(size), (size.width, size.height), strict=True):
+            if not least <= value <= max_side:
+                raise InvalidDimensions(
+                    f"{name} must be between {least} and {max_side} px (got {_shown(value)})",
+                    field=name,
+                )
+    elif isinstance(size, Aspect) and size.long_side is not None:
+        name = size.size_field or size.field
+        if not 1 <= size.long_side <= max_side:
+            raise InvalidDimensions(
+                f"{name}: the long side must be between 1 and {max_side} px "
+                f"(got {_shown(size.long_side)})",
+                field=name,
+            )
+    count = job.count if isinstance(job.prompt, str) else len(job.prompt)
+    least = 0 if isinstance(job.prompt, str) and job.count_policy == "clamp" else 1
+    if count > MAX_IMAGES:
+        raise ImageNodesError(
+            f"{job.count_field} must be at most {MAX_IMAGES} images (got {_shown(count)})",
+            code="BATCH_SIZE_EXCEEDED",
+            field=job.count_field,
+        )
+    if count < least:
+        raise InputError(
+            f"{job.count_field} must be at least {least} (got {_shown(count)})",
+            field=job.count_field,
+        )
+    # (seed, what a message shows): image i uses seed + i unless seeds are given.
+    seeds = [(seed, seed) for seed in job.seeds or ()]
+    if job.seed is not None:
+        seeds.append((job.seed, job.seed))
+        if job.seeds is None:
+            seeds.append((job.seed + max(count, 1) - 1, job.seed))
+    for seed, shown in seeds:
+        if not 0 <= seed <= MAX_GENERATOR_SEED:
+            raise InputError(
+                f"seed must be between 0 and {MAX_GENERATOR_SEED} (a 64-bit generator seed; "
+                f"image i uses seed + i), got {_shown(shown)}",
+                field="seed",
+            )

@@ -32,17 +32,24 @@ from imagenodes.engine.embedded import EMBEDDED_MODEL_NAME, embedded_model_path
 from imagenodes.engine.job import (
     IMAGE_TO_IMAGE,
     INSTRUCT_EDIT,
+    MAX_SIDE,
     TEXT_TO_IMAGE,
     Aspect,
     Exact,
     FromSource,
     ImageJob,
     ModelInfo,
+    check_bounds,
 )
 from imagenodes.engine.notices import Notice
 from imagenodes.engine.profiles import ModelProfile
 from imagenodes.engine.request import GenerationRequest
-from imagenodes.errors import ConnectionConfigError, GenerationFailed, InputError
+from imagenodes.errors import (
+    ConnectionConfigError,
+    GenerationFailed,
+    InputError,
+    InvalidDimensions,
+)
 
 
 @dataclass(frozen=True)
@@ -354,6 +361,7 @@ def _fit_size(
             raise GenerationFailed("a size from the source needs a source image", field="size")
         w, h = source_size(original_size(first), size.width, size.height)
         field = size.field
+        _check_derived_side(size, (w, h), max_side_of(profile))
     elif first is not None:
         (w, h), field = original_size(first), "width/height"
     else:
@@ -370,6 +378,28 @@ def _fit_size(
     )
     notices.extend(plan.notices)
     return plan.width, plan.height, plan.deliver
+
+
+def max_side_of(profile: ModelProfile) -> int:
+    """The longest side a job on ``profile`` may ask for: :data:`MAX_SIDE`, or the
+    family's own maximum where it generates larger."""
+    return max(MAX_SIDE, profile.max_resolution)
+
+
+def _check_derived_side(size: FromSource, got: tuple[int, int], max_side: int) -> None:
+    """One side given, the other from the source's aspect ratio: a thin source can make
+    that one huge (width 2048 of an 8×2048 source is a height of 524 288), so it is
+    held to the same bound, naming the field that would set it."""
+    if not (size.width or size.height) or (size.width and size.height):
+        return  # both from the source (bounded by the pixel cap) or both given
+    first, _, second = size.field.partition("/")
+    name, value = (second or first, got[1]) if size.width else (first, got[0])
+    if value > max_side:
+        raise InvalidDimensions(
+            f"{name} would be {value} px to keep the source's aspect ratio, more than "
+            f"{max_side}; set {name} as well (at most {max_side})",
+            field=name,
+        )
 
 
 def _fit_count(job: ImageJob, profile: ModelProfile, notices: list[Notice]) -> int:
@@ -394,7 +424,12 @@ def _fit_count(job: ImageJob, profile: ModelProfile, notices: list[Notice]) -> i
 def adapt(
     job: ImageJob, profile: ModelProfile, *, device: str = "cpu", size_policy: str = "upscale"
 ) -> Adapted:
-    """Fit a node's job to a family: the effective request and one notice per change."""
+    """Fit a node's job to a family: the effective request and one notice per change.
+
+    Its integers are checked first (:func:`~imagenodes.engine.job.check_bounds`): a
+    side past the family's bound, a count past the engine's or a seed past a
+    generator's is a coded error naming the field, before anything loads."""
+    check_bounds(job, max_side=max_side_of(profile))
     notices: list[Notice] = []
     task = job.task or (IMAGE_TO_IMAGE if job.sources else TEXT_TO_IMAGE)
     width, height, deliver = _fit_size(job, profile, notices, size_policy)

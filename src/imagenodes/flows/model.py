@@ -64,21 +64,21 @@ class FlowDocument(BaseModel):
     @classmethod
     def _input_is_a_schema(cls, schema: dict[str, Any] | None) -> dict[str, Any] | None:
         """A broken input schema is refused when the flow is parsed: checked only when
-        the input is validated, it would fail the flow as an internal error instead."""
+        the input is validated, it would fail the flow as an internal error instead.
+
+        Parsing is also where a client's schema is made safe to run (see
+        :mod:`imagenodes.flows.schema`): every ``$ref`` must resolve inside the
+        document (nothing is fetched) and every pattern must run on RE2; either
+        problem is ``INVALID_FLOW`` naming its place (``input.properties.a.$ref``).
+        """
         if schema is None:
             return None
-        import jsonschema
+        from imagenodes.flows.schema import check_input_schema
 
         try:
-            jsonschema.validators.validator_for(schema).check_schema(schema)
-        except jsonschema.SchemaError as exc:
-            where = ".".join(str(p) for p in exc.path)
-            raise coded(
-                InputError(
-                    f"input is not a valid JSON Schema: {where or '(root)'}: {exc.message}",
-                    field=None,
-                )
-            ) from None
+            check_input_schema(schema)
+        except ImageNodesError as exc:
+            raise coded(exc) from None
         return schema
 
     @model_validator(mode="after")

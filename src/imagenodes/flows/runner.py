@@ -19,60 +19,41 @@ run records are exactly those of a direct call).  ``type`` names a node: its id
   is a flat list of requests; anywhere else the directive becomes that list.
 
 A reference must be the whole string: ``"costs $.input.x"`` stays literal text, so
-prompts containing dollar signs are never rewritten.  An unresolvable reference is
-an INVALID_INPUT naming the step and the parameter, with the keys that do exist.
+prompts containing dollar signs are never rewritten.  A reference to results that can
+never exist (a missing step, the step itself, a later step, an output its node does
+not have) is INVALID_FLOW before anything runs; a path that does not resolve in a
+value that exists is an INVALID_INPUT naming the step and the parameter, with the
+keys that do exist.
+
+A flow document is a client's text: its input schema is made safe to run by
+:mod:`imagenodes.flows.schema` (nothing fetched, patterns on RE2), and what its
+``@Map`` directives would build is counted, not built, against the limits of
+:mod:`imagenodes.flows.limits` before anything runs and again before each step.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from imagenodes.errors import ImageNodesError, InputError, UnknownNodeError
+from imagenodes.errors import ImageNodesError, InputError, InvalidFlow, UnknownNodeError
+from imagenodes.flows.limits import Measure, check_step_size
 from imagenodes.flows.model import FlowDocument, parse_document
+from imagenodes.flows.refs import ITEM as _ITEM
+from imagenodes.flows.refs import MAP as _MAP
+from imagenodes.flows.refs import NO_ITEM as _NO_ITEM
+from imagenodes.flows.refs import REF as _REF
+from imagenodes.flows.refs import is_map as _is_map
+from imagenodes.flows.refs import path_parts as _path_parts
+from imagenodes.flows.refs import results_step
+from imagenodes.flows.refs import walk as _walk
 from imagenodes.registry.context import CancelToken
 from imagenodes.registry.events import Event
 from imagenodes.sdk import image_ref_fields
-
-#: ``$.input...``, ``$.results...``: dotted keys and [index] parts.
-_REF = re.compile(r"^\$\.(?:input|results)(?:\.[^.\[\]\s]+|\[\d+\])*$")
-#: ``$$`` and ``$$.field...`` inside a Map template.
-_ITEM = re.compile(r"^\$\$(?:\.[^.\[\]\s]+|\[\d+\])*$")
-_MAP = re.compile(r"^@Map\((.+)\)$")
-_PART = re.compile(r"\.([^.\[\]\s]+)|\[(\d+)\]")
-_NO_ITEM = object()
-
-
-def _path_parts(path: str, prefix: str) -> list[str | int]:
-    parts: list[str | int] = []
-    for key, index in _PART.findall(path[len(prefix) :]):
-        parts.append(int(index) if index else int(key) if key.isdigit() else key)
-    return parts
-
-
-def _walk(value: Any, parts: list[str | int], ref: str, where: str) -> Any:
-    for depth, part in enumerate(parts):
-        if isinstance(value, Mapping) and str(part) in value:
-            value = value[str(part)]
-        elif isinstance(value, list) and isinstance(part, int) and -len(value) <= part < len(value):
-            value = value[part]
-        else:
-            seen = ".".join(str(p) for p in parts[:depth]) or "(root)"
-            if isinstance(value, Mapping):
-                has = f"keys there: {', '.join(map(str, value)) or 'none'}"
-            elif isinstance(value, list):
-                has = f"a list of {len(value)} items"
-            else:
-                has = f"a {type(value).__name__}"
-            raise InputError(
-                f"{where}: reference {ref!r} cannot be resolved: no {part!r} under {seen} ({has})",
-                field=where,
-            )
-    return value
 
 
 @dataclass
@@ -195,10 +176,12 @@ class FlowRunner:
         """Validate the flow's structure and step types; returns the parsed steps.
 
         The structure is the document model's (:func:`parse_flow`, skipped for a
-        document already parsed); the step types are checked against this host.
+        document already parsed); the step types are checked against this host, and
+        every ``$.results`` reference against the steps before it
+        (:meth:`_check_references`).  Needs no flow input.
         """
         document = parse_flow(flow)
-        return [
+        steps = [
             {
                 "id": step.id,
                 "type": step.type,
@@ -207,6 +190,58 @@ class FlowRunner:
             }
             for step in document.steps
         ]
+        self._check_references(steps)
+        return steps
+
+    def _check_references(self, steps: list[dict[str, Any]]) -> None:
+        """Every ``$.results.<step>`` reference names an earlier step (and, where that
+        step's node publishes a closed output model, one of its outputs).
+
+        A reference to a missing step, to the step itself or to a later one can never
+        resolve — the results it names do not exist when the step starts — so it is
+        ``INVALID_FLOW`` here, before anything runs, naming the parameter that holds it
+        (a builder's wire ``"source_image": "$.results.gen.images[0]"`` included),
+        rather than an ``INVALID_INPUT`` after the steps before it have generated.
+        """
+        order = {step["id"]: index for index, step in enumerate(steps)}
+        for index, step in enumerate(steps):
+            for ref, where in _results_refs(step["parameters"], f"steps.{step['id']}.parameters"):
+                named = results_step(ref)
+                if named is None:
+                    continue
+                target, output = named
+                problem = None
+                if target not in order:
+                    problem = (
+                        f"names no step {target!r} (steps: {', '.join(order)}); a step "
+                        "can use the results of the steps before it"
+                    )
+                elif target == step["id"]:
+                    problem = (
+                        "refers to this step's own results, which do not exist before it "
+                        "has run; a step can use the results of the steps before it"
+                    )
+                elif order[target] > index:
+                    problem = (
+                        f"refers to step {target!r}, which runs after this one; steps run "
+                        "in order and see only the results of the steps before them"
+                    )
+                elif output is not None:
+                    outputs = _closed_outputs(self.host.node(steps[order[target]]["node"]))
+                    if outputs is not None and output not in outputs:
+                        problem = (
+                            f"names no output {output!r} of step {target!r} "
+                            f"(its outputs: {', '.join(sorted(outputs))})"
+                        )
+                if problem:
+                    raise _step_error(
+                        InvalidFlow(
+                            f"{where}: reference {ref!r} {problem}",
+                            field=where,
+                            details={"reference": ref},
+                        ),
+                        step,
+                    )
 
     def validate_input(self, flow: FlowSource, data: Mapping[str, Any]) -> dict[str, Any]:
         """Apply the input schema's defaults and validate against it."""
@@ -217,10 +252,11 @@ class FlowRunner:
         for name, prop in (schema.get("properties") or {}).items():
             if name not in values and isinstance(prop, Mapping) and "default" in prop:
                 values[name] = prop["default"]
-        import jsonschema
+        from imagenodes.flows.schema import input_errors
 
-        validator_cls = jsonschema.validators.validator_for(schema)
-        errors = sorted(validator_cls(schema).iter_errors(values), key=lambda e: list(e.path))
+        # Nothing fetched, patterns on RE2 (imagenodes.flows.schema); the schema itself
+        # was checked when the document was parsed.
+        errors = input_errors(schema, values)
         if errors:
             err = errors[0]
             where = ".".join(str(p) for p in err.path) or None
@@ -296,6 +332,9 @@ class FlowRunner:
         So a bad value in the last step is refused at submission, not after the steps
         before it have generated.  A step with other references to results (a ``@Map``
         over them, a result inside a value) is validated when it starts, as before.
+        Every step's size — its node's list limits and the flow's value and text
+        limits — is counted from the document first, never by building it
+        (:mod:`imagenodes.flows.limits`).
         Raises the first error, with the step's field (``steps.<id>.parameters.…``).
         ``flow`` is parsed once (not at all when it is a :class:`FlowDocument`).
         """
@@ -304,7 +343,13 @@ class FlowRunner:
         self._preflight_steps(steps, self.validate_input(document, inputs or {}))
 
     def _preflight_steps(self, steps: list[dict[str, Any]], values: dict[str, Any]) -> None:
-        scope = {"input": values, "results": {}}
+        scope: dict[str, Any] = {"input": values, "results": {}}
+        # Sizes first, for every step, counted from the document (nothing is built):
+        # before a step is substituted below, and before a step that only maps over
+        # results that do not exist yet is left to run time.
+        measure = Measure(scope, results_known=False)
+        for step in steps:
+            self._check_size(step, measure)
         for step in steps:
             images = image_ref_fields(self.host.node(step["node"]).Input)
             params = step["parameters"]
@@ -319,6 +364,16 @@ class FlowRunner:
                 self.host.validate(step["node"], {**self.substitute(rest, scope, where), **wired})
             except ImageNodesError as exc:
                 raise _step_error(exc, step) from exc
+
+    def _check_size(self, step: Mapping[str, Any], measure: Measure) -> None:
+        """The step's parameters, counted as they will be built, within the node's list
+        limits and the flow's size limits (:mod:`imagenodes.flows.limits`)."""
+        try:
+            check_step_size(
+                step["id"], step["node"], self.host.node(step["node"]), step["parameters"], measure
+            )
+        except ImageNodesError as exc:
+            raise _step_error(exc, step) from exc
 
     def run(
         self,
@@ -346,6 +401,8 @@ class FlowRunner:
         scope = {"input": values, "results": result.results}
         for step in steps:
             where = f"steps.{step['id']}.parameters"
+            # Counted again with the real results, before anything is built from them.
+            self._check_size(step, Measure(scope, results_known=True))
             try:
                 params = self.substitute(step["parameters"], scope, where)
                 run = self.host.run(
@@ -388,6 +445,34 @@ def _uses_results(value: Any) -> bool:
     return False
 
 
+def _results_refs(value: Any, where: str) -> Iterator[tuple[str, str]]:
+    """``(reference, place)`` of every ``$.results`` reference in a parameter value:
+    whole-string references and ``@Map`` sources, templates included; the place is
+    the value's path in the document (``images.0.1.prompt``)."""
+    if isinstance(value, str):
+        map_ = _MAP.match(value)
+        ref = map_.group(1).strip() if map_ else value
+        if ref.startswith("$.results") and _REF.match(ref):
+            yield ref, where
+    elif isinstance(value, list):
+        for index, element in enumerate(value):
+            yield from _results_refs(element, f"{where}.{index}")
+    elif isinstance(value, Mapping):
+        for key, element in value.items():
+            yield from _results_refs(element, f"{where}.{key}")
+
+
+def _closed_outputs(node: Any) -> set[str] | None:
+    """The output names of a node whose output model admits no others (None when it
+    may return more, so that a reference to another name cannot be judged)."""
+    output = getattr(node, "Output", None)
+    fields = getattr(output, "model_fields", None)
+    config = getattr(output, "model_config", {}) or {}
+    if not isinstance(fields, Mapping) or config.get("extra") == "allow":
+        return None
+    return set(fields)
+
+
 def _wired(value: Any, is_list: bool | None) -> bool:
     """A wire: an image input (``is_list`` not None) given one result reference, or a
     list image input given a list of plain values and result references."""
@@ -400,10 +485,6 @@ def _wired(value: Any, is_list: bool | None) -> bool:
         and isinstance(value, list)
         and all(isinstance(v, str) and (not v.startswith("$") or _REF.match(v)) for v in value)
     )
-
-
-def _is_map(value: list[Any]) -> bool:
-    return len(value) == 2 and isinstance(value[0], str) and bool(_MAP.match(value[0]))
 
 
 def _step_error(exc: ImageNodesError, step: Mapping[str, Any]) -> ImageNodesError:

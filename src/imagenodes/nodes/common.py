@@ -9,9 +9,17 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, ConfigDict, Field
+from pydantic import AfterValidator, ConfigDict, Field, ValidationInfo
 
-from imagenodes.sdk import MAX_SEED, ConnectionRequirement, Prompt
+from imagenodes.sdk import (
+    MAX_IMAGES,
+    MAX_SEED,
+    MAX_SIDE,
+    ConnectionRequirement,
+    InvalidDimensions,
+    Prompt,
+    coded,
+)
 
 #: The seeds' nodes require a "PixelML Connection": here it configures the local
 #: diffusers runtime (connection category ``pixelml``).  Product-specific, so it lives
@@ -24,13 +32,47 @@ PIXELML_CONNECTION = ConnectionRequirement(
 )
 
 
-def _non_negative(value: int) -> int:
+def _shown(value: int) -> str:
+    """A refused integer as a message shows it (a 70-digit one abridged)."""
+    text = str(value)
+    return text if len(text) <= 24 else f"{text[:10]}…{text[-6:]} ({len(text)} digits)"
+
+
+def _source_side(value: int, info: ValidationInfo) -> int:
     if value < 0:
-        raise ValueError(f"must be ≥ 0 (0 = use the source image's size), got {value}")
+        raise ValueError(f"must be ≥ 0 (0 = use the source image's size), got {_shown(value)}")
+    if value > MAX_SIDE:
+        raise coded(
+            InvalidDimensions(
+                f"{info.field_name} must be at most {MAX_SIDE} px (0 = use the source "
+                f"image's size), got {_shown(value)}"
+            )
+        )
     return value
 
 
-NonNegativeSize = Annotated[int, AfterValidator(_non_negative)]
+#: image_to_image's ``width``/``height``: 0 (the source's size) up to ``MAX_SIDE``.  The
+#: seed's schema gives no maximum and must stay the seed's, so the bounds are a
+#: validator: below 0 is INVALID_INPUT (as it always was), past ``MAX_SIDE``
+#: INVALID_DIMENSIONS naming the field; without it 2**40 reached the resize and failed
+#: there as GENERATION_FAILED.
+NonNegativeSize = Annotated[int, AfterValidator(_source_side)]
+
+
+def _image_count(value: int) -> int:
+    if not 0 <= value <= MAX_IMAGES:
+        raise ValueError(
+            f"must be between 0 and {MAX_IMAGES}; a count the model cannot make in one "
+            f"call is clamped to its range (reported), got {_shown(value)}"
+        )
+    return value
+
+
+#: image_generation's ``num_images``: the seed clamps a count to the model's range (a
+#: notice, never an error), so any plausible count is taken; past ``MAX_IMAGES`` (or
+#: below 0) it is no count at all, and BATCH_SIZE_EXCEEDED names it.  A validator, so
+#: the published schema stays as it was.
+ImageCount = Annotated[int, AfterValidator(_image_count)]
 
 
 def _drop_additional_properties(schema: dict[str, Any]) -> None:
@@ -64,7 +106,7 @@ SEED_FIELD_CODES = {
 }
 
 
-__all__ = ["PIXELML_CONNECTION", "Prompt"]
+__all__ = ["PIXELML_CONNECTION", "ImageCount", "NonNegativeSize", "Prompt"]
 
 
 # -- the fields seeds 000 and 001 share, word for word ---------------------------------

@@ -18,7 +18,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from imagenodes.nodes.common import PIXELML_CONNECTION, SEED_FIELD_CODES
+from imagenodes.nodes.common import PIXELML_CONNECTION, SEED_FIELD_CODES, ImageCount
 from imagenodes.sdk import (
     RATIOS,
     Aspect,
@@ -74,7 +74,7 @@ class ImageGenerationInput(NodeInput):
         description="Longest side: the model's native size, 1024 px or 2048 px. Models that "
         "cannot produce the size use their largest (reported in the result).",
     )
-    num_images: int = Field(
+    num_images: ImageCount = Field(
         default=1,
         title="Number of images",
         description="How many variations to create. Adjusted to the model's supported range "
@@ -136,6 +136,7 @@ class ImageGeneration(Node[ImageGenerationInput, ImageGenerationOutput]):
     field_codes: ClassVar[dict[str, str]] = {
         **SEED_FIELD_CODES,
         "image_sources": "SOURCE_IMAGE_ERROR",
+        "num_images": "BATCH_SIZE_EXCEEDED",
     }
 
     choices: ClassVar[dict[str, Callable[[Catalog], list[str]]]] = {"model": model_choices}

@@ -15,7 +15,8 @@ pydantic class with a literal ``type``; the envelope fields are common:
 
 The host emits ``run.*``, ``model.*``, ``node.progress`` and ``image.stored``; the
 service adds only the three job-level events (``job.queued``, ``job.started``,
-``job.completed``).  Nothing renames them on the way.
+``job.completed``) and, when it stops, ``stream.reconnect`` as the last event of each
+open stream.  Nothing renames them on the way.
 """
 
 from __future__ import annotations
@@ -164,6 +165,25 @@ class JobCompleted(Event):
     timings: dict[str, float] | None = None
 
 
+# -- stream events (added by the service's transports) ---------------------------------------
+class StreamEnd(Event):
+    """The service is going away: this stream (SSE or WebSocket) ends now.
+
+    Sent as the last event of every open stream when the service stops (SIGTERM),
+    so that a client reconnects — after ``retry_ms``, with its ``Last-Event-ID`` — to
+    the next process instead of waiting on a connection that a graceful shutdown
+    would otherwise hold open, then cut.  Never stored, never sent to webhooks.
+    """
+
+    durable: ClassVar[bool] = False
+    type: Literal["stream.reconnect"] = "stream.reconnect"
+    node: str = Field(default="service", description="``service``: no node emitted it.")
+    reason: Literal["shutdown"] = Field(default="shutdown", description="Why it ends.")
+    retry_ms: int = Field(
+        default=2000, ge=0, description="Wait this long before reconnecting (SSE ``retry``)."
+    )
+
+
 AnyEvent = Annotated[
     RunStarted
     | ModelLoading
@@ -175,7 +195,8 @@ AnyEvent = Annotated[
     | RunCancelled
     | JobQueued
     | JobStarted
-    | JobCompleted,
+    | JobCompleted
+    | StreamEnd,
     Field(discriminator="type"),
 ]
 EVENT_ADAPTER: TypeAdapter[AnyEvent] = TypeAdapter(AnyEvent)
@@ -195,6 +216,7 @@ EVENT_CLASSES: dict[str, type[Event]] = {
         JobQueued,
         JobStarted,
         JobCompleted,
+        StreamEnd,
     )
 }
 EVENT_TYPES: tuple[str, ...] = tuple(EVENT_CLASSES)
@@ -210,6 +232,7 @@ EventType = Literal[
     "job.queued",
     "job.started",
     "job.completed",
+    "stream.reconnect",
 ]
 
 # The names the host and the engine emit with (``ctx.util.emit(type, ...)``).

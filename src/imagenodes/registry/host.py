@@ -244,7 +244,7 @@ class Host:
     def enable_batching(self, window_ms: float) -> None:
         """Let concurrent compatible runs of this host share pipeline calls (the
         service turns it on when it runs several jobs at once)."""
-        self.engine.enable_batching(window_ms)
+        self.engine.enable_batching(window_ms, in_flight=lambda: len(self.tokens.running()))
 
     @property
     def pipeline_calls(self) -> int:

@@ -14,10 +14,11 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
-from pydantic_core import PydanticCustomError
 
 from imagenodes.errors import ImageNodesError, InputError
+from imagenodes.sdk import CODED_ERROR as CODED_ERROR  # re-exported: its home was here
 from imagenodes.sdk import MAX_TEXT_CHARS, Catalog, Node
+from imagenodes.sdk import coded as coded  # re-exported: its home was here
 
 #: pydantic error types that mean "wrong shape", which stay INVALID_INPUT.
 _SHAPE_ERRORS = {
@@ -89,33 +90,6 @@ def _property(schema: dict[str, Any], loc: tuple[Any, ...]) -> dict[str, Any]:
     if "$ref" in node:
         node = defs.get(node["$ref"].rsplit("/", 1)[-1], {})
     return node
-
-
-#: The pydantic error type of an :class:`ImageNodesError` raised inside a validator
-#: (see :func:`coded`): :func:`to_error` gives the original error back, code intact.
-CODED_ERROR = "imagenodes_coded"
-
-
-def coded(err: ImageNodesError) -> PydanticCustomError:
-    """``err`` as an error pydantic collects, to raise from a model's validator.
-
-    Pydantic lets any exception but ``ValueError``/``AssertionError``/its own escape a
-    validator as it is, so an ``ImageNodesError`` raised there would skip the caller's
-    validation-error handling (FastAPI's ``RequestValidationError``) and lose the
-    location.  Wrapped, it travels with the other errors, and :func:`to_error` rebuilds
-    it with its code, solution and details, its field prefixed by where it was raised.
-    """
-    return PydanticCustomError(
-        CODED_ERROR,
-        "{message}",
-        {
-            "message": err.message,
-            "code": err.code,
-            "field": err.field,
-            "solution": err.solution,
-            "details": err.details,
-        },
-    )
 
 
 def _joined(*parts: str | None) -> str | None:

@@ -19,12 +19,20 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from imagenodes.errors import USER_ERROR_CODES, ImageNodesError, NotFound
+from imagenodes.errors import (
+    USER_ERROR_CODES,
+    ImageNodesError,
+    InputError,
+    InvalidJson,
+    NotFound,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
 from imagenodes.registry.host import Host
+from imagenodes.registry.validation import to_error
 from imagenodes.server.compose import build_service
 from imagenodes.server.openapi import build_openapi
 from imagenodes.server.requests import (
@@ -32,10 +40,18 @@ from imagenodes.server.requests import (
     build_flow_request,
     build_job_request,
     coded_request_error,
+    job_models,
 )
 from imagenodes.server.routers import events, files, flows, jobs, queue
 from imagenodes.server.routers.page import WEB_DIR, BuilderPage
-from imagenodes.server.security import SecurityMiddleware
+from imagenodes.server.security import (
+    UPLOAD_PATH,
+    HostGuard,
+    NumberError,
+    SecurityMiddleware,
+    default_number_error,
+    number_message,
+)
 from imagenodes.server.service import JobService
 from imagenodes.server.settings import ServerSettings
 from imagenodes.server.store import JobStore
@@ -69,6 +85,69 @@ def error_response(exc: ImageNodesError) -> JSONResponse:
     status = HTTP_STATUS.get(exc.code, 500)
     headers = {"Retry-After": "5"} if status == 429 else None
     return JSONResponse({"error": exc.to_dict()}, status_code=status, headers=headers)
+
+
+def routing_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """Starlette's own HTTP errors in the coded shape, each with its own code: no such
+    path or method (404/405 ``NOT_FOUND``, the ``Allow`` header kept), a body it could
+    not parse (a multipart upload: ``INVALID_INPUT`` naming ``file``; else
+    ``INVALID_JSON``), a body or type it refused."""
+    where = f"{request.method} {request.url.path}: {exc.detail}"
+    if exc.status_code == 400 and request.url.path.endswith(UPLOAD_PATH):
+        return error_response(InputError(f"{where} (multipart/form-data)", field="file"))
+    if exc.status_code == 400:
+        return error_response(InvalidJson(where, field=None))
+    if exc.status_code == 413:
+        return error_response(PayloadTooLarge(where, field=None))
+    if exc.status_code == 415:
+        return error_response(UnsupportedMediaType(where, field="Content-Type"))
+    error = NotFound(where, field=None)
+    return JSONResponse(
+        {"error": error.to_dict()}, status_code=exc.status_code, headers=exc.headers
+    )
+
+
+def node_number_error(host: Host) -> NumberError:
+    """The error of a refused JSON number (NaN, Infinity, 1e999, a 5000-digit literal)
+    found by the body parser (:func:`~imagenodes.server.security.parse_json_body`): in a
+    job's ``inputs``, the one the node gives for a non-finite number in that field
+    (``INVALID_STEPS`` naming ``inputs.steps`` with the allowed range, as for any other
+    bad ``steps``); elsewhere ``INVALID_INPUT`` naming the field as it sits in the body."""
+
+    def number_error(
+        route: str, document: Any, loc: tuple[str | int, ...], literal: str
+    ) -> ImageNodesError:
+        node_id = document.get("node") if isinstance(document, dict) else None
+        model = job_models(host).get(node_id) if isinstance(node_id, str) else None
+        if (
+            model is None
+            or not route.startswith("/v1/jobs")
+            or loc[:1] != ("inputs",)
+            or len(loc) < 2
+        ):
+            return default_number_error(route, document, loc, literal)
+        node = model.node_class
+        shown = literal if len(literal) <= 24 else f"{literal[:12]}…({len(literal)} characters)"
+        problem = {
+            "type": "finite_number",
+            "loc": loc[1:],
+            "msg": number_message(loc, literal),
+            "input": shown,
+        }
+        try:
+            error = to_error(
+                [problem],
+                node.Input,
+                node.field_codes,
+                schema=node.input_schema(model.catalog),
+                prefix="inputs.",
+            )
+        except (AttributeError, KeyError, TypeError):
+            # A schema the walk to the field cannot follow: the place, named plainly.
+            return default_number_error(route, document, loc, literal)
+        return node.localise_error(error)
+
+    return number_error
 
 
 def create_app(
@@ -108,23 +187,22 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.service = service
-    if settings.cors_origins:
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=list(settings.cors_origins),
-            allow_methods=["GET", "POST", "PUT", "DELETE"],
-            allow_headers=["Authorization", "Content-Type", "Prefer", "Last-Event-ID"],
-            expose_headers=["Location", "Preference-Applied"],
-        )
+    token = settings.resolved_token()
+    # Token, CORS (a listed origin's preflight needs no token), origins, content types,
+    # body caps and the one strict JSON parse of every body.
     app.add_middleware(
         SecurityMiddleware,
-        token=settings.resolved_token(),
+        token=token,
         allowed_origins=settings.cors_origins,
         max_body_bytes=settings.max_body_bytes,
         max_upload_bytes=settings.max_upload_bytes,
+        max_json_depth=settings.max_json_depth,
+        number_error=node_number_error(host),
     )
-    # Outermost: the page loads before a token is typed.
-    app.add_middleware(BuilderPage, token_required=settings.resolved_token() is not None)
+    # In front of the token check: the page loads before a token is typed.
+    app.add_middleware(BuilderPage, token_required=token is not None)
+    # Outermost: without a token, a rebinding name gets neither the API nor the page.
+    app.add_middleware(HostGuard, allowed_hosts=settings.allowed_hosts, enabled=token is None)
 
     @app.exception_handler(ImageNodesError)
     async def coded_error(request: Request, exc: ImageNodesError) -> JSONResponse:
@@ -132,15 +210,16 @@ def create_app(
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        """Routing errors (no such path or method) in the same coded shape."""
-        error = NotFound(f"{request.method} {request.url.path}: {exc.detail}", field=None)
-        return JSONResponse(
-            {"error": error.to_dict()}, status_code=exc.status_code, headers=exc.headers
-        )
+        return routing_error(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         """A body the request models refused, with the library's code and field."""
+        errors = exc.errors()
+        if errors and errors[0].get("type") == "json_invalid":  # the middleware parses
+            # every JSON body first; a body FastAPI alone took for JSON is still JSON's
+            reason = (errors[0].get("ctx") or {}).get("error", "")
+            return error_response(InvalidJson(f"the request body is not valid JSON: {reason}"))
         return error_response(coded_request_error(exc, body_kind_for(request.url.path), host))
 
     app.include_router(queue.router(service, settings))

@@ -11,6 +11,11 @@ worker threads, the store's notification thread and the coalescing timer, so eve
 hand-over goes through ``loop.call_soon_threadsafe`` and nothing here blocks a loop.
 A follower's queue item is an event, or ``None`` for "look in the store" (an event
 written by another process, of which only a notification arrived).
+
+When the service stops, :meth:`EventBus.end_streams` hands every follower — and every
+one that subscribes afterwards — one :class:`~imagenodes.registry.events.StreamEnd`
+(``stream.reconnect``): the streams end at once with an event telling their clients to
+reconnect, instead of holding uvicorn's graceful shutdown open until it cuts them.
 """
 
 from __future__ import annotations
@@ -21,13 +26,18 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
-from imagenodes.registry.events import Event
+from imagenodes.registry.events import Event, StreamEnd
 
 log = logging.getLogger(__name__)
 
 #: Transient events per job and second, at most (the Ray path's ``FLUSH_S`` too).
 DEFAULT_INTERVAL_S = 0.1
+
+#: How long a client told to reconnect (``stream.reconnect``) waits first: long enough
+#: for a restarting process to bind its port again, short enough to miss little.
+RECONNECT_RETRY_MS = 2000
 
 
 @dataclass(eq=False)
@@ -66,21 +76,74 @@ class EventBus:
         self._latest: dict[str, Event] = {}
         self._sent_at: dict[str, float] = {}
         self._pending: dict[str, Event] = {}
+        #: Followers of no job that only wait for :meth:`end_streams` (a WebSocket).
+        self._watchers: set[Subscription] = set()
+        #: Set once by :meth:`end_streams`: every stream's last event.
+        self._end: StreamEnd | None = None
 
     # -- followers ------------------------------------------------------------------
     def subscribe(self, job_id: str, *, final_only: bool = False) -> Subscription:
+        """Follow ``job_id``.  After :meth:`end_streams`, the new follower's queue
+        already holds the end (a stream opened during shutdown ends at once)."""
         sub = Subscription(job_id, asyncio.get_running_loop(), final_only=final_only)
         with self._lock:
             self._subs.setdefault(job_id, set()).add(sub)
+            end = self._end
+        if end is not None:
+            sub.put(end)
+        return sub
+
+    def watch(self) -> Subscription:
+        """A follower of no job, woken only by :meth:`end_streams` (a WebSocket, which
+        must say goodbye even while it follows no job)."""
+        sub = Subscription("", asyncio.get_running_loop())
+        with self._lock:
+            self._watchers.add(sub)
+            end = self._end
+        if end is not None:
+            sub.put(end)
         return sub
 
     def unsubscribe(self, sub: Subscription) -> None:
         with self._lock:
+            if sub in self._watchers:
+                self._watchers.discard(sub)
+                return
             subs = self._subs.get(sub.job_id)
             if subs is not None:
                 subs.discard(sub)
                 if not subs:
                     del self._subs[sub.job_id]
+
+    def end_streams(
+        self, reason: Literal["shutdown"] = "shutdown", retry_ms: int = RECONNECT_RETRY_MS
+    ) -> StreamEnd:
+        """Tell every follower, now and later, that its stream ends (``stream.reconnect``).
+
+        Idempotent and thread-safe: the first call makes the event, later ones (the
+        server's shutdown, then the service's ``stop``) hand out the same one.
+        """
+        with self._lock:
+            if self._end is None:
+                self._end = StreamEnd(reason=reason, retry_ms=retry_ms)
+            end = self._end
+            subs = [s for group in self._subs.values() for s in group] + list(self._watchers)
+        for sub in subs:
+            sub.put(end)
+        return end
+
+    @property
+    def ended(self) -> StreamEnd | None:
+        """The stream end handed out, once :meth:`end_streams` was called."""
+        with self._lock:
+            return self._end
+
+    def streams(self) -> int:
+        """Open event streams: SSE and WebSocket followers (not ``Prefer: wait``
+        waiters), which a shutdown waits for after :meth:`end_streams`."""
+        with self._lock:
+            jobs = sum(1 for group in self._subs.values() for s in group if not s.final_only)
+            return jobs + len(self._watchers)
 
     def latest(self, job_id: str) -> Event | None:
         """The job's latest transient event (while it runs), for a resuming client."""

@@ -72,8 +72,7 @@ def _import_server() -> None:
 
 def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
     _import_server()
-    import uvicorn
-
+    from imagenodes.server import serving
     from imagenodes.server.app import create_app
     from imagenodes.server.compose import build_service, open_service_store
 
@@ -104,13 +103,13 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
     )
     sys.stderr.flush()
     try:
-        uvicorn.run(
-            app,
-            host=settings.host,
-            port=settings.port,
-            log_level="warning",
-            timeout_graceful_shutdown=30,
-        )
+        # serving.Server: uvicorn with the limits of the settings (header and idle
+        # timeouts, connection and WebSocket caps) and a shutdown that first ends the
+        # event streams with stream.reconnect, so SIGTERM does not wait on them.
+        server = serving.Server(serving.config(app, settings, log_level="warning"), service)
+        server.run()
+        if not server.started:
+            return serving.STARTUP_FAILURE  # uvicorn logged why (a port in use, …)
     finally:
         store.close()
     return EXIT_OK
@@ -325,7 +324,51 @@ def add_commands(sub: Any) -> None:
     _setting(p, "--max-queue", "max_queue", help="queued jobs before 429")
     _setting(p, "--max-wait-s", "max_wait_s", help="longest Prefer: wait=N honoured (seconds)")
     _setting(
+        p,
+        "--header-timeout-s",
+        "header_timeout_s",
+        help="seconds a connection may take to send a request's headers (from when it "
+        "opened or its previous response ended) before it is closed",
+    )
+    _setting(p, "--keep-alive-s", "keep_alive_s", help="idle keep-alive connection timeout")
+    _setting(
+        p,
+        "--max-connections",
+        "max_connections",
+        help="connections plus running requests beyond which new requests get 503",
+    )
+    _setting(
+        p,
+        "--graceful-shutdown-s",
+        "graceful_shutdown_s",
+        help="seconds SIGTERM waits for open requests (event streams end at once)",
+    )
+    _setting(
+        p,
+        "--ws-max-message-bytes",
+        "ws_max_message_bytes",
+        help="largest WebSocket message read (larger: PAYLOAD_TOO_LARGE; over 16x: closed 1009)",
+    )
+    _setting(p, "--ws-max-subscriptions", "ws_max_subscriptions", help="jobs one WebSocket follows")
+    _setting(
+        p,
+        "--read-threads",
+        "read_threads",
+        help="threads for store reads (event streams, job views, readiness)",
+    )
+    _setting(
+        p, "--work-threads", "work_threads", help="threads for slow work (uploads, file reads)"
+    )
+    _setting(
         p, "--cors-origin", "cors_origins", action="append", help="allowed browser origin (repeat)"
+    )
+    _setting(
+        p,
+        "--allowed-host",
+        "allowed_hosts",
+        action="append",
+        help="host name (name or name:port) answered without a token besides loopback "
+        "(repeat; other Host headers get 421)",
     )
     p.set_defaults(func=cmd_serve)
 

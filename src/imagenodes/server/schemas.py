@@ -6,11 +6,14 @@ events are the one typed event model (:mod:`imagenodes.registry.events`).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
 from imagenodes.server.store import TERMINAL, JobRecord, JobStore
+
+if TYPE_CHECKING:
+    from imagenodes.workspace import Workspace
 
 
 class ErrorBody(BaseModel):
@@ -49,7 +52,12 @@ class Job(BaseModel):
 
 class JobPage(BaseModel):
     jobs: list[Job]
-    next: str | None = Field(default=None, description="Cursor of the next page (?after=).")
+    next: str | None = Field(
+        default=None,
+        description="Opaque cursor of the next page (?after=): it holds a position, so it "
+        "stays valid when jobs are deleted, across restarts and on every process of a "
+        "shared queue.",
+    )
 
 
 class CancelResult(BaseModel):
@@ -57,7 +65,10 @@ class CancelResult(BaseModel):
 
 
 class Upload(BaseModel):
-    ref: str = Field(description="Workspace reference: usable as any image input.")
+    ref: str = Field(
+        description="Workspace-relative reference (uploads/<sha256>.<ext>): usable as any "
+        "image input."
+    )
     path: str
     url: str
     sha256: str
@@ -67,8 +78,9 @@ class Upload(BaseModel):
     bytes: int
 
 
+_ERROR_STATUSES = (400, 401, 403, 404, 409, 413, 415, 421, 422, 429)
 ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorResponse} for status in (400, 401, 403, 404, 409, 413, 415, 422, 429)
+    status: {"model": ErrorResponse} for status in _ERROR_STATUSES
 }
 #: Submissions: 202 while queued or running, 200 once finished (Prefer: wait, or a PUT
 #: of a job that has finished).
@@ -78,12 +90,15 @@ SUBMITTED: dict[int | str, dict[str, Any]] = {
 }
 
 
-def job_view(store: JobStore, job: JobRecord) -> Job:
+def job_view(store: JobStore, job: JobRecord, workspace: Workspace | None = None) -> Job:
     """The job as the API shows it (blocking: call it in a worker thread).
 
     A queued job's position comes from a second read; when the job was claimed in
     between, the record is read again, so a view never says ``queued`` without a
-    position.
+    position.  With ``workspace``, inputs, outputs, notices and the error are shown
+    through :meth:`~imagenodes.workspace.Workspace.relative_refs` (references
+    workspace-relative, no host path in a message): the service stores them that way
+    already, and this covers rows an older release stored and what a client sent.
     """
     position = None
     for _ in range(3):
@@ -97,6 +112,10 @@ def job_view(store: JobStore, job: JobRecord) -> Job:
             break
         job = fresh
     result = job.result or {}
+    inputs = job.body.get("inputs")
+    error = job.error
+    if workspace is not None:
+        result, inputs, error = workspace.relative_refs((result, inputs, error))
     base = f"/v1/jobs/{job.id}"
     return Job(
         id=job.id,
@@ -108,12 +127,12 @@ def job_view(store: JobStore, job: JobRecord) -> Job:
         started=job.started,
         finished=job.finished,
         attempts=job.attempts,
-        inputs=job.body.get("inputs"),
+        inputs=inputs,
         outputs=result.get("outputs") if job.kind == "node" else result or None,
         seeds=result.get("seeds"),
         notices=result.get("notices"),
         timings=result.get("timings"),
-        error=ErrorBody(**job.error) if job.error else None,
+        error=ErrorBody(**error) if error else None,
         urls=result.get("urls"),
         links={"self": base, "events": f"{base}/events", "cancel": f"{base}/cancel"},
     )

@@ -52,6 +52,7 @@ from imagenodes.errors import (
     UnknownJob,
 )
 from imagenodes.registry.events import EVENT_TYPES, Event, ImageStored, parse_event
+from imagenodes.server import pools
 from imagenodes.server.bus import EventBus
 from imagenodes.server.executor import Executor, JobRun, LocalExecutor
 from imagenodes.server.settings import ServerSettings
@@ -196,8 +197,12 @@ class JobService:
         self.ready = True
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Stop taking jobs; the running ones are cancelled and re-queued (same seed)."""
+        """Stop taking jobs; the running ones are cancelled and re-queued (same seed).
+        Event streams still open end with ``stream.reconnect`` (``imagenodes serve``
+        ends them before this, when its shutdown begins; an app mounted elsewhere gets
+        here at its lifespan's end), and the HTTP layer's thread pools are shut down."""
         self.ready = False
+        self.bus.end_streams()
         self._stopping.set()
         for run_id in self._run_ids():
             self.host.cancel(run_id, "shutdown")
@@ -215,6 +220,7 @@ class JobService:
             self.webhooks.stop()
         if self._owns_executor:
             self.executor.close()
+        pools.close(self)
 
     def recover(self) -> None:
         """Jobs left running by a process that died: re-queue them (bounded) or fail.
@@ -308,10 +314,15 @@ class JobService:
             self.host.cancel(run_id, reason)
 
     def retry(self, job_id: str) -> JobRecord:
-        job = self.job(job_id)
-        if job.status not in ("failed", "cancelled"):
+        """Queue a failed or cancelled job again (same inputs, same seed) — exactly
+        once: the status check is the store's requeue guard, part of the update itself,
+        so of concurrent retries (or a retry racing a worker's claim) one queues the
+        job and the others get JOB_CONFLICT, in this process or any other."""
+        self.job(job_id)  # UNKNOWN_JOB first
+        retryable = ("failed", "cancelled")
+        if not self.store.requeue(job_id, count_attempt=True, reason="retry", only_from=retryable):
+            job = self.job(job_id)  # as it is now (UNKNOWN_JOB if deleted meanwhile)
             raise JobConflict(f"job {job_id} is {job.status}; only failed or cancelled jobs retry")
-        self.store.requeue(job_id, count_attempt=True, reason="retry")
         return self.job(job_id)
 
     def delete(self, job_id: str) -> None:
@@ -381,7 +392,14 @@ class JobService:
 
     def _relay(self, job: JobRecord) -> Callable[[Event], None]:
         """The run's ``on_event``: stamp the job on each event, store the durable ones
-        (the store publishes them), coalesce and broadcast the transient ones."""
+        (the store publishes them), coalesce and broadcast the transient ones.
+
+        Every event is projected on the way: the host's absolute references (an
+        image's ``ref``, a run's outputs, a flow step's inputs) become
+        workspace-relative and messages lose the workspace's location, so no client
+        of any transport (SSE, WebSocket, webhooks) learns a host path.  The event
+        classes stay the same; only the values change."""
+        workspace = self.host.workspace
 
         def on_event(event: Event) -> None:
             update: dict[str, Any] = {"job_id": job.id}
@@ -389,6 +407,9 @@ class JobService:
             if isinstance(event, ImageStored):
                 url = update["url"] = file_url(self.host, event.ref)
                 file = url.removeprefix("/v1/files/") if url is not None else None
+            data = _row_data(event)
+            shown = workspace.relative_refs(data)
+            update.update({k: v for k, v in shown.items() if v != data[k] and k not in update})
             event = event.model_copy(update=update)
             if event.durable:
                 self.store.append_event(
@@ -526,7 +547,11 @@ class JobService:
     ) -> None:
         """Store the outcome and its ``job.completed`` in one transaction — only while
         this worker's claim holds: a job whose lease was taken over is another
-        worker's to finish."""
+        worker's to finish.  Stored as clients see it: references workspace-relative,
+        no workspace location in a message (see ``_relay``)."""
+        workspace = self.host.workspace
+        result = workspace.relative_refs(result) if result is not None else None
+        error = workspace.relative_refs(error) if error is not None else None
         outputs = result.get("outputs") if result and job.kind == "node" else None
         if result and job.kind == "flow":
             outputs = result.get("results")

@@ -72,7 +72,16 @@ FLAGS: dict[str, str] = {
     "lease_s": "--lease-s",
     "job_timeout": "--job-timeout",
     "cors_origins": "--cors-origin",
+    "allowed_hosts": "--allowed-host",
     "max_wait_s": "--max-wait-s",
+    "header_timeout_s": "--header-timeout-s",
+    "keep_alive_s": "--keep-alive-s",
+    "max_connections": "--max-connections",
+    "graceful_shutdown_s": "--graceful-shutdown-s",
+    "ws_max_message_bytes": "--ws-max-message-bytes",
+    "ws_max_subscriptions": "--ws-max-subscriptions",
+    "read_threads": "--read-threads",
+    "work_threads": "--work-threads",
     "webhook_allow": "--webhook-allow",
     "webhook_allow_private": "--webhook-allow-private",
     "webhook_secret": "--webhook-secret",
@@ -195,11 +204,52 @@ class ServerSettings(BaseSettings):
     job_timeout: float | None = Field(default=600.0, gt=0)
     #: Browser origins allowed to call the API.
     cors_origins: tuple[str, ...] = ()
+    #: Host names (``name``: any port, or ``name:port``) answered without a token besides
+    #: the loopback ones; any other ``Host`` is 421 UNTRUSTED_HOST (DNS rebinding).
+    #: With a token, every Host is answered.
+    allowed_hosts: tuple[str, ...] = ()
+    #: Deepest nesting of arrays/objects in a JSON body (deeper: 400 INVALID_JSON).
+    max_json_depth: int = Field(default=64, ge=1, le=512)
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _hosts_are_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        from imagenodes.server.security import split_host
+
+        for entry in value:
+            if split_host(entry) is None:
+                raise ValueError(f"{entry!r} is not a host name (name or name:port, no scheme)")
+        return tuple(entry.strip().lower() for entry in value)
+
     #: Request bodies larger than this are refused with 413 before they are read.
     max_body_bytes: int = Field(default=1 * 1024 * 1024, gt=0)
     max_upload_bytes: int = Field(default=20 * 1024 * 1024, gt=0)
     #: Longest ``Prefer: wait=N`` honoured (seconds).
     max_wait_s: float = Field(default=60.0, gt=0)
+    #: Seconds a connection may take to send a request's line and headers, counted
+    #: from when it opened or its previous response ended; then it is closed (idle
+    #: and slowloris connections cannot pile up).  uvicorn itself has no such timer.
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    #: Seconds an idle keep-alive connection stays open after a response (uvicorn's
+    #: ``timeout_keep_alive``).
+    keep_alive_s: int = Field(default=5, ge=1)
+    #: Connections plus running requests beyond which new requests get uvicorn's 503
+    #: (``limit_concurrency``): the memory of a flood stays bounded.
+    max_connections: int = Field(default=1000, ge=1)
+    #: Seconds a SIGTERM waits for open requests before cancelling them (uvicorn's
+    #: ``timeout_graceful_shutdown``; event streams end at once with
+    #: ``stream.reconnect``).
+    graceful_shutdown_s: int = Field(default=30, ge=1)
+    #: Largest WebSocket message read; a larger one (up to 16 times this) is answered
+    #: with PAYLOAD_TOO_LARGE and ignored, beyond that the socket is closed (1009).
+    ws_max_message_bytes: int = Field(default=64 * 1024, ge=1024)
+    #: Jobs one WebSocket follows at once.
+    ws_max_subscriptions: int = Field(default=100, ge=1)
+    #: Threads for short store reads (event streams, job views, readiness), apart from
+    #: the slow work so that slow uploads cannot starve them (server/pools.py).
+    read_threads: int = Field(default=4, ge=1)
+    #: Threads for slow blocking work: decoding uploads, reading files.
+    work_threads: int = Field(default=2, ge=1)
     #: Hosts (``host`` or ``host:port``) webhooks may be sent to; none by default.
     webhook_allow: tuple[str, ...] = ()
     #: Allow webhook destinations that resolve to private/loopback addresses.

@@ -32,7 +32,7 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,6 +67,10 @@ class JobRecord:
     cancel_requested: bool = False
     lease_owner: str | None = None
     lease_until: float | None = None
+    #: The job's place in the queue order (``ord``: later jobs have larger ones).  A
+    #: paging cursor encodes it, so a page that ends at a job deleted since still knows
+    #: where the next one starts.
+    ord: int | None = None
 
 
 @dataclass
@@ -130,7 +134,7 @@ class JobStore(Protocol):
     def get(self, job_id: str) -> JobRecord | None: ...
 
     def list_jobs(
-        self, *, status: str | None, after: str | None, limit: int
+        self, *, status: str | None, after: str | int | None, limit: int
     ) -> list[JobRecord]: ...
 
     def claim(self, owner: str, lease_s: float, *, run_id: str) -> JobRecord | None: ...
@@ -155,7 +159,13 @@ class JobStore(Protocol):
     def request_cancel(self, job_id: str) -> None: ...
 
     def requeue(
-        self, job_id: str, *, count_attempt: bool, reason: str, claim: JobRecord | None = None
+        self,
+        job_id: str,
+        *,
+        count_attempt: bool,
+        reason: str,
+        claim: JobRecord | None = None,
+        only_from: Collection[str] | None = None,
     ) -> bool: ...
 
     def delete(self, job_id: str) -> None: ...
@@ -196,7 +206,7 @@ class JobStore(Protocol):
 # applied by imagenodes.server.store_schema when a store opens).
 _COLUMNS = (
     "id, kind, node, body, body_hash, status, created, attempts, run_id, started, finished, "
-    "result, error, cancel_requested, lease_owner, lease_until"
+    "result, error, cancel_requested, lease_owner, lease_until, ord"
 )
 #: The guard of a change made on behalf of a claim (see :class:`JobStore`).
 _CLAIMED = "status = 'running' AND COALESCE(lease_owner, '') = ? AND attempts = ?"
@@ -220,6 +230,7 @@ def _record(row: Sequence[Any]) -> JobRecord:
         cancel_requested=bool(row[13]),
         lease_owner=row[14],
         lease_until=row[15],
+        ord=int(row[16]),
     )
 
 
@@ -354,13 +365,22 @@ class SQLJobStore:
             row = cur.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return _record(row) if row else None
 
-    def list_jobs(self, *, status: str | None, after: str | None, limit: int) -> list[JobRecord]:
-        """Newest first; ``after`` is the id of the last job of the previous page."""
-        clauses, args = [], []
+    def list_jobs(
+        self, *, status: str | None, after: str | int | None, limit: int
+    ) -> list[JobRecord]:
+        """Newest first, after a position: an ``int`` is a queue position (the ``ord``
+        of the last job of the previous page, which a paging cursor encodes: it holds
+        when that job has been deleted since), a ``str`` the id of such a job (an
+        unknown id ends the listing)."""
+        clauses: list[str] = []
+        args: list[Any] = []
         if status:
             clauses.append("status = ?")
             args.append(status)
-        if after:
+        if isinstance(after, int):
+            clauses.append("ord < ?")
+            args.append(after)
+        elif after:
             clauses.append("ord < (SELECT ord FROM jobs WHERE id = ?)")
             args.append(after)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
@@ -486,12 +506,30 @@ class SQLJobStore:
             self._announce(cur, "cancel", job_id)
 
     def requeue(
-        self, job_id: str, *, count_attempt: bool, reason: str, claim: JobRecord | None = None
+        self,
+        job_id: str,
+        *,
+        count_attempt: bool,
+        reason: str,
+        claim: JobRecord | None = None,
+        only_from: Collection[str] | None = None,
     ) -> bool:
         """Back to the queue (retry, restart, shutdown) with a ``job.queued`` event
-        written first; its old result is cleared.  False when the job is gone or
-        ``claim`` no longer holds."""
+        written first; its old result is cleared.  False when the job is gone,
+        ``claim`` no longer holds, or its status is not one of ``only_from``.
+
+        ``only_from`` is the guard of a retry (``failed``, ``cancelled``): checked by
+        the update itself, so of concurrent retries — in threads here or in other
+        processes, or racing a worker's claim — exactly one queues the job (on
+        PostgreSQL a second update waits for the first's row lock and re-checks the
+        status it committed)."""
         guard, guard_args = (f" AND {_CLAIMED}", _claim_args(claim)) if claim else ("", ())
+        if only_from is not None:
+            statuses = sorted(only_from)
+            if not statuses:
+                return False
+            guard += f" AND status IN ({', '.join('?' for _ in statuses)})"
+            guard_args = (*guard_args, *statuses)
         with self._tx() as cur:
             row = cur.execute(
                 "UPDATE jobs SET status = 'queued', started = NULL, finished = NULL, "

@@ -145,8 +145,8 @@ def read_image_bytes(
         if scheme not in workspace.protocols:
             raise SourceImageError(
                 f"unsupported image location {_redact(value)!r} ({scheme}:// is neither "
-                f"http(s) nor this workspace's storage {workspace.url}); allowed: "
-                f"{_ALLOWED_KINDS}",
+                f"http(s) nor this workspace's storage, {workspace.url.split('://', 1)[0]}://); "
+                f"allowed: {_ALLOWED_KINDS}",
                 field=field,
             )
         return workspace.read_bytes(value, field=field, max_bytes=max_bytes)

@@ -17,6 +17,7 @@ path goes through two choke points:
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import posixpath
@@ -167,6 +168,52 @@ class Workspace:
         walk(value)
         return found
 
+    def relative_refs(self, value: Any) -> Any:
+        """``value`` (a JSON value: outputs, inputs, an event's data, an error) as a
+        remote client may see it: what names this workspace's location on the host —
+        its URL, its folder — is taken out of every string.
+
+        A reference into the workspace (``file:///srv/ws/runs/<run>/image-0.png``)
+        becomes its workspace-relative path (``runs/<run>/image-0.png``), which every
+        image input accepts back and resolves inside the workspace only; the location
+        inside other text (an error message quoting a path) is cut the same way, and
+        the bare location (``outside the workspace file:///srv/ws``) becomes
+        ``<workspace>``.  The HTTP service shows every result, event and error through
+        this; ``Host.run`` in Python keeps absolute references (a caller on the host
+        opens them with any fsspec call).
+        """
+        if isinstance(value, str):
+            return self._scrub(value)
+        if isinstance(value, list):
+            return [self.relative_refs(item) for item in value]
+        if isinstance(value, tuple):
+            return tuple(self.relative_refs(item) for item in value)
+        if isinstance(value, dict):
+            return {key: self.relative_refs(item) for key, item in value.items()}
+        return value
+
+    def _scrub(self, text: str) -> str:
+        for base, bare in self._locations:
+            if base in text:
+                text = bare.sub("<workspace>", text.replace(base + "/", ""))
+        return text
+
+    @functools.cached_property
+    def _locations(self) -> tuple[tuple[str, re.Pattern[str]], ...]:
+        """The spellings of this workspace's location, longest first: its URL, and
+        for a local one its folder and the folder's real path (with and without
+        ``file://``).  A root of ``/`` is left alone: cutting it would cut every path."""
+        found: list[str] = []
+        if self.is_local:
+            for root in {_posix(self.root), _posix(os.path.realpath(self.root))}:
+                if root.strip("/"):
+                    found += [root, "file://" + root]
+        elif self.root.strip("/"):
+            found += [self.url, self.root]
+        ordered = sorted(set(found), key=len, reverse=True)
+        # Bare: not followed by more of a name (``/srv/ws2`` is another folder).
+        return tuple((base, re.compile(re.escape(base) + r"(?![\w.\-/])")) for base in ordered)
+
     def relpath(self, ref_or_path: str | os.PathLike[str], *, field: str = "path") -> str:
         """Workspace-relative path of a reference, refusing anything outside the root.
 
@@ -205,7 +252,7 @@ class Workspace:
     def _relpath_from_uri(self, value: str, scheme: str, field: str) -> str:
         if scheme not in self._protocols:
             raise SourceImageError(
-                f"{_redact(value)!r} is outside the workspace {self.url} "
+                f"{_redact(value)!r} is outside the workspace "
                 f"(protocol {scheme}:// is not the workspace's); allowed: {_ALLOWED_REFS}",
                 field=field,
             )
@@ -240,7 +287,7 @@ class Workspace:
                 rest = path[len(root.rstrip("/")) + 1 :]
                 return _clean_relative(rest, field, original=original)
         raise SourceImageError(
-            f"{_redact(original)!r} is outside the workspace {self.url}; allowed: {_ALLOWED_REFS}",
+            f"{_redact(original)!r} is outside the workspace; allowed: {_ALLOWED_REFS}",
             field=field,
         )
 
@@ -266,7 +313,7 @@ class Workspace:
             real = os.path.realpath(full)
             if real != real_root and not real.startswith(real_root.rstrip(os.sep) + os.sep):
                 raise SourceImageError(
-                    f"{rel!r} resolves (via a symlink) outside the workspace {self.url}; "
+                    f"{rel!r} resolves (via a symlink) outside the workspace; "
                     f"allowed: {_ALLOWED_REFS}",
                     field=field,
                 )
@@ -304,7 +351,7 @@ class Workspace:
             data = self.fs.cat_file(full)
         except FileNotFoundError as exc:
             raise SourceImageError(
-                f"{self.ref(rel) if rel else self.url!r} does not exist in the workspace; "
+                f"{rel!r} does not exist in the workspace; "
                 "pass a reference returned by an earlier node or an existing file",
                 field=field,
             ) from exc
@@ -314,8 +361,9 @@ class Workspace:
                 field=field,
             ) from exc
         except OSError as exc:
+            # The reason only: an OSError's text names the file's path on the host.
             raise SourceImageError(
-                f"could not read {rel!r} from the workspace: {exc}",
+                f"could not read {rel!r} from the workspace: {exc.strerror or type(exc).__name__}",
                 field=field,
             ) from exc
         if max_bytes is not None and len(data) > max_bytes:

@@ -3,15 +3,16 @@ service produced or received, nothing else)."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import io
+import os
 import re
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from imagenodes.errors import FileNotFound, InputError, PayloadTooLarge, SourceImageError
+from imagenodes.server import pools
 from imagenodes.server.schemas import ERRORS, Upload
 from imagenodes.server.service import JobService
 from imagenodes.server.settings import ServerSettings
@@ -59,7 +60,7 @@ def store_upload(service: JobService, data: bytes) -> Upload:
         host.workspace.write_bytes(path, data)
     service.store.record_file(path, None)
     return Upload(
-        ref=host.workspace.ref(path),
+        ref=path,  # workspace-relative: any image input takes it; no host path shown
         path=path,
         url=f"/v1/files/{path}",
         sha256=digest,
@@ -71,10 +72,24 @@ def store_upload(service: JobService, data: bytes) -> Upload:
 
 
 def read_file(service: JobService, path: str) -> bytes:
-    """A file the service produced or received (FILE_NOT_FOUND otherwise)."""
+    """A file the service produced or received (FILE_NOT_FOUND otherwise).
+
+    A recorded file that is gone (deleted, its run removed) or is no longer the
+    regular file the service wrote — a symlink, wherever it points, or anything the
+    workspace refuses to read — is FILE_NOT_FOUND as well, naming only ``path``: the
+    service never writes a link, so none is followed, and the workspace's own message
+    (which says where the workspace is) is not passed on.
+    """
+    missing = FileNotFound(f"no file {path!r} produced by this service", field="path")
     if not FILE_PATH.match(path) or not service.store.has_file(path):
-        raise FileNotFound(f"no file {path!r} produced by this service", field="path")
-    return service.host.workspace.read_bytes(path, field="path")
+        raise missing
+    workspace = service.host.workspace
+    if workspace.is_local and os.path.islink(os.path.join(workspace.root, *path.split("/"))):
+        raise missing
+    try:
+        return workspace.read_bytes(path, field="path")
+    except SourceImageError:
+        raise missing from None
 
 
 def router(service: JobService, settings: ServerSettings) -> APIRouter:
@@ -99,7 +114,7 @@ def router(service: JobService, settings: ServerSettings) -> APIRouter:
             data = await request.body()
         if len(data) > settings.max_upload_bytes:
             raise PayloadTooLarge(f"upload exceeds {settings.max_upload_bytes} bytes")
-        return await asyncio.to_thread(store_upload, service, data)
+        return await pools.work(service, store_upload, service, data)
 
     @api.get(
         "/v1/files/{path:path}",
@@ -107,7 +122,7 @@ def router(service: JobService, settings: ServerSettings) -> APIRouter:
         responses={200: {"content": {"image/png": {}}}, **ERRORS},
     )
     async def files(path: str) -> Response:
-        data = await asyncio.to_thread(read_file, service, path)
+        data = await pools.work(service, read_file, service, path)
         return Response(
             data,
             media_type=MEDIA_TYPES[path.rsplit(".", 1)[1]],

@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
+from imagenodes.server import pools
 from imagenodes.server.schemas import ERRORS
 from imagenodes.server.service import JobService
 from imagenodes.server.settings import ServerSettings
@@ -45,8 +46,8 @@ def router(service: JobService, settings: ServerSettings) -> APIRouter:
 
     @api.get("/v1/readyz", summary="Readiness: STARTING, READY or BUSY, with queue depth")
     async def readyz() -> JSONResponse:
-        counts = await asyncio.to_thread(service.store.counts)
-        paused = await asyncio.to_thread(service.store.get_flag, "paused")
+        counts = await pools.read(service, service.store.counts)
+        paused = await pools.read(service, service.store.get_flag, "paused")
         running = len(service.running())
         state = "STARTING" if not service.ready else ("BUSY" if running else "READY")
         body = {
@@ -67,8 +68,8 @@ def router(service: JobService, settings: ServerSettings) -> APIRouter:
 
     @api.get("/v1/queue", summary="Queue state", tags=["queue"])
     async def queue() -> dict[str, Any]:
-        counts = await asyncio.to_thread(service.store.counts)
-        paused = await asyncio.to_thread(service.store.get_flag, "paused")
+        counts = await pools.read(service, service.store.counts)
+        paused = await pools.read(service, service.store.get_flag, "paused")
         return {
             "paused": paused,
             "depth": counts["queued"],
