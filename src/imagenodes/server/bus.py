@@ -208,6 +208,12 @@ class EventBus:
             if type == "job.completed" or not sub.final_only:
                 sub.put(None)
 
+    def flush(self, job_id: str) -> None:
+        """Send the job's held-back transient event now: a durable event is about to be
+        stored, and other processes must hear the progress before that (they hear the
+        durable one through the store's own notification)."""
+        self._flush(job_id)
+
     def _flush(self, job_id: str) -> None:
         with self._lock:
             event = self._pending.pop(job_id, None)

@@ -412,6 +412,7 @@ class JobService:
             update.update({k: v for k, v in shown.items() if v != data[k] and k not in update})
             event = event.model_copy(update=update)
             if event.durable:
+                self.bus.flush(job.id)  # the progress before it goes out first
                 self.store.append_event(
                     job.id,
                     event.type,
@@ -556,6 +557,7 @@ class JobService:
         if result and job.kind == "flow":
             outputs = result.get("results")
         completed = _completed(status, error, outputs, result.get("timings") if result else None)
+        self.bus.flush(job.id)
         if not self.store.finish(
             job.id, status, result=result, error=error, claim=job, completed=completed
         ):
