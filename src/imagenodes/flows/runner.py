@@ -358,10 +358,16 @@ class FlowRunner:
                 continue  # built from results: validated when it starts
             rest = {n: v for n, v in params.items() if n not in wired}
             where = f"steps.{step['id']}.parameters"
+            # A wire's reference string stands in for its image: image inputs are plain
+            # strings until the host loads them at run time.  A list input wired to a
+            # whole batch (one reference) stands for a list: one reference in a list.
+            stand_ins = {
+                n: [v] if images.get(n) and isinstance(v, str) else v for n, v in wired.items()
+            }
             try:
-                # A wire's reference string stands in for its image: image inputs are
-                # plain strings until the host loads them at run time.
-                self.host.validate(step["node"], {**self.substitute(rest, scope, where), **wired})
+                self.host.validate(
+                    step["node"], {**self.substitute(rest, scope, where), **stand_ins}
+                )
             except ImageNodesError as exc:
                 raise _step_error(exc, step) from exc
 

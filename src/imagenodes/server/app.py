@@ -35,6 +35,7 @@ from imagenodes.registry.host import Host
 from imagenodes.registry.validation import to_error
 from imagenodes.server.compose import build_service
 from imagenodes.server.openapi import build_openapi
+from imagenodes.server.protocols import comfy
 from imagenodes.server.requests import (
     body_kind_for,
     build_flow_request,
@@ -45,11 +46,11 @@ from imagenodes.server.requests import (
 from imagenodes.server.routers import events, files, flows, jobs, queue
 from imagenodes.server.routers.page import WEB_DIR, BuilderPage
 from imagenodes.server.security import (
-    UPLOAD_PATH,
     HostGuard,
     NumberError,
     SecurityMiddleware,
     default_number_error,
+    is_upload,
     number_message,
 )
 from imagenodes.server.service import JobService
@@ -93,7 +94,7 @@ def routing_error(request: Request, exc: StarletteHTTPException) -> JSONResponse
     not parse (a multipart upload: ``INVALID_INPUT`` naming ``file``; else
     ``INVALID_JSON``), a body or type it refused."""
     where = f"{request.method} {request.url.path}: {exc.detail}"
-    if exc.status_code == 400 and request.url.path.endswith(UPLOAD_PATH):
+    if exc.status_code == 400 and is_upload(request.url.path):
         return error_response(InputError(f"{where} (multipart/form-data)", field="file"))
     if exc.status_code == 400:
         return error_response(InvalidJson(where, field=None))
@@ -227,6 +228,10 @@ def create_app(
     app.include_router(flows.router(service, settings, flow_body))
     app.include_router(events.router(service))
     app.include_router(files.router(service, settings))
+    # ComfyUI's protocol on the same service (docs/comfyui.md); the editor's static
+    # files are its last router, a catch-all under /comfy/.
+    for comfy_router in comfy.routers(service, settings):
+        app.include_router(comfy_router)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

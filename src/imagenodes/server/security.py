@@ -74,6 +74,33 @@ UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 #: may address the server by any name) learns "ok" and nothing else.
 OPEN_PATHS = frozenset({"/v1/healthz"})
 UPLOAD_PATH = "/v1/uploads"
+#: Every route that takes an image body (multipart or raw) instead of JSON: ours and
+#: the ComfyUI protocol's (``/comfy`` and its ``/comfy/api`` twin, Comfy API v2 assets).
+UPLOAD_PATHS = frozenset(
+    {
+        UPLOAD_PATH,
+        *(
+            f"/comfy{api}/{route}"
+            for api in ("", "/api")
+            for route in ("upload/image", "upload/mask")
+        ),
+        "/comfy/api/v2/assets",
+        "/upload/image",  # ComfyUI's v1 API at the root, for clients that assume it
+        "/upload/mask",
+    }
+)
+#: The ComfyUI editor's saved files (workflows as JSON, settings): a body kept as sent.
+USERDATA_PREFIXES = ("/comfy/api/userdata/", "/comfy/userdata/")
+#: The ComfyUI editor posts its settings as JSON text without a Content-Type header
+#: (the browser then sends ``text/plain``): read there as JSON, still parsed strictly;
+#: a cross-site form post is refused by the Origin check.
+SETTINGS_PREFIXES = ("/comfy/api/settings", "/comfy/settings")
+
+
+def is_upload(path: str) -> bool:
+    """Whether ``path`` takes a body that is stored, not parsed as a request (an image,
+    or a file the ComfyUI editor saves)."""
+    return path in UPLOAD_PATHS or path.startswith(USERDATA_PREFIXES)
 UPLOAD_TYPES = ("multipart/form-data", "image/", "application/octet-stream")
 #: What a listed origin may do cross-origin (the API's methods and request headers).
 CORS_METHODS = ("GET", "POST", "PUT", "DELETE")
@@ -436,13 +463,13 @@ class SecurityMiddleware:
         if scope["type"] == "websocket":
             await self.app(scope, receive, send)
             return
-        limit = self._max_upload if path == UPLOAD_PATH else self._max_body
+        limit = self._max_upload if is_upload(path) else self._max_body
         length = _header(scope, b"content-length")
         if length is not None and length.isdigit() and int(length) > limit:
             error = PayloadTooLarge(f"body of {length} bytes exceeds {limit} bytes")
             await refuse(scope, send, 413, error)
             return
-        if method in ("POST", "PUT", "PATCH") and path != UPLOAD_PATH:
+        if method in ("POST", "PUT", "PATCH") and not is_upload(path):
             await self._json_request(scope, receive, send, path, limit)
             return
         await self._streamed_request(scope, receive, send, limit)
@@ -581,13 +608,20 @@ class SecurityMiddleware:
             ctype = (_header(scope, b"content-type") or "").split(";")[0].strip().lower()
             length = _header(scope, b"content-length")
             empty = length == "0" or (length is None and ctype == "")
-            if path == UPLOAD_PATH:
-                accepted = ctype.startswith(UPLOAD_TYPES)
+            if path.startswith(USERDATA_PREFIXES):
+                accepted = True  # the editor's own files, kept as bytes
                 allowed: tuple[str, ...] = UPLOAD_TYPES
+            elif is_upload(path):
+                accepted = ctype.startswith(UPLOAD_TYPES)
+                allowed = UPLOAD_TYPES
             else:
-                accepted = ctype == "application/json" or (
+                # No Content-Type at all is read as JSON (ComfyUI's v1 clients post their
+                # prompt that way); a browser form cannot send a body without one.
+                accepted = ctype in ("application/json", "") or (
                     ctype.startswith("application/") and ctype.endswith("+json")
                 )
+                if ctype == "text/plain" and path.startswith(SETTINGS_PREFIXES):
+                    accepted = True
                 allowed = ("application/json",)
             if not empty and not accepted:
                 return UnsupportedMediaType(
