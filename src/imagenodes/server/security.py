@@ -109,6 +109,7 @@ CORS_HEADERS = (
     "content-type",
     "prefer",
     "last-event-id",
+    "idempotency-key",  # Comfy API v2 job submissions
     # CORS-safelisted, which a browser lists only when a value is unusual
     "accept",
     "accept-language",
