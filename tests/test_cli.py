@@ -122,6 +122,41 @@ def test_schema_prints_the_catalog_entry(cli, ws: Path) -> None:
     assert err["code"] == "UNKNOWN_NODE" and err["field"] == "node"
 
 
+def test_a_packs_command_runs_through_imagenodes(ws: Path, tmp_path: Path) -> None:
+    """The example pack adds ``imagenodes checkerboard`` through register_commands; the
+    installed ``imagenodes`` script runs it with the global flags, as it runs ``flow``."""
+    script = Path(sys.executable).with_name("imagenodes")
+    proc = subprocess.run(
+        [str(script), "--workspace", str(ws), "checkerboard", "--size", "16", "--squares", "2"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=child_env(),
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    result = json.loads(proc.stdout)
+    assert result["node"] == "checkerboard"
+    with Image.open(io.BytesIO(Host(ws).workspace.read_bytes(result["outputs"]["image"]))) as im:
+        assert im.size == (16, 16)
+    help_text = subprocess.run(
+        [str(script), "--help"], capture_output=True, text=True, env=child_env(), timeout=300
+    ).stdout
+    commands = set(re.search(r"\{([\w,-]+)\}", help_text).group(1).split(","))
+    assert {"checkerboard", "flow", "trainings", "mcp", "serve"} <= commands, help_text
+    # Its errors are the command's coded JSON, exit 2.
+    err = subprocess.run(
+        [str(script), "--workspace", str(ws), "checkerboard", "--size", "2"],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        timeout=300,
+    )
+    assert err.returncode == 2, err.stderr
+    assert json.loads(err.stderr.strip().splitlines()[-1])["error"]["field"] == "size"
+
+
 # -- running ---------------------------------------------------------------------------
 @pytest.mark.parametrize("how", ["json", "file", "stdin", "set", "json+set"])
 def test_run_checkerboard_inputs(cli, ws: Path, tmp_path: Path, how: str) -> None:

@@ -143,7 +143,12 @@ def hookspec_names() -> list[str]:
 
 def test_every_hookspec_is_documented_with_its_signature() -> None:
     names = hookspec_names()
-    assert names == ["register_nodes", "register_connection_types", "register_model_profiles"]
+    assert names == [
+        "register_nodes",
+        "register_connection_types",
+        "register_model_profiles",
+        "register_commands",
+    ]
     text = read("hooks.md")
     for name in names:
         assert f"\n## `{name}`\n" in text, f"hook {name} missing from docs/hooks.md"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib.metadata
 import json
 import os
@@ -10,11 +11,18 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pluggy
 import pytest
 from PIL import Image
 
 from imagenodes import Host, Node, NodeInput, NodeOutput, PluginError, hookimpl
-from imagenodes.registry.plugins import DISABLE_ENV
+from imagenodes.registry.plugins import (
+    COMMANDS_GROUP,
+    DISABLE_ENV,
+    ENTRY_POINT_GROUP,
+    PluginLoader,
+    new_plugin_manager,
+)
 from tests.helpers import BUILTIN_PACKS, EXAMPLE_PACK, INSTALLED_PACKS, NODE_IDS, PACK_NODES
 
 
@@ -287,3 +295,208 @@ def test_imagenodes_host_ignores_the_callers_configuration(tmp_path: Path) -> No
     proc = run_pytest_in(suite, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "1 passed" in proc.stdout
+
+
+# -- hooks through pluggy's machinery -------------------------------------------------------
+REGISTRATION_HOOKS = ("register_nodes", "register_connection_types", "register_model_profiles")
+
+
+def monitored() -> tuple[pluggy.PluginManager, list[tuple[str, list[str]]]]:
+    """A plugin manager that records every hook call: (hook, implementing plugins)."""
+    pm = new_plugin_manager()
+    calls: list[tuple[str, list[str]]] = []
+    pm.add_hookcall_monitoring(
+        lambda name, impls, kwargs: calls.append((name, [i.plugin_name for i in impls])),
+        lambda outcome, name, impls, kwargs: None,
+    )
+    return pm, calls
+
+
+def test_hookcall_monitoring_sees_every_registration_hook_of_every_pack(tmp_path: Path) -> None:
+    """Isolation is one call per pack, and each is a pluggy hook call: a monitor
+    attached to the plugin manager sees them all, each with that pack's implementation."""
+    pm, calls = monitored()
+    host = Host(tmp_path / "ws", plugin_manager=pm)
+    expected = []
+    for hook in REGISTRATION_HOOKS:
+        for impl in reversed(getattr(pm.hook, hook).get_hookimpls()):  # pluggy's call order
+            expected.append((hook, [impl.plugin_name]))
+    assert calls == expected
+    called = {name for _, (name,) in calls}
+    assert called == INSTALLED_PACKS  # every pack implements at least one of them
+    # Built-ins come first, in discovery order, as without markers.
+    nodes_order = [name for hook, (name,) in calls if hook == "register_nodes"]
+    assert nodes_order[-1] == EXAMPLE_PACK
+    assert {e["id"] for e in host.catalog()} == NODE_IDS
+
+
+def test_tracing_writes_each_pack_call(tmp_path: Path) -> None:
+    pm = new_plugin_manager()
+    lines: list[str] = []
+    pm.trace.root.setwriter(lines.append)
+    pm.enable_tracing()
+    Host(tmp_path / "ws", plugin_manager=pm)
+    traced = "".join(lines)
+    assert traced.count("register_nodes") >= len(PACK_NODES) - 1  # core registers no node
+    assert "finish register_model_profiles" in traced
+
+
+class WrappedPack:
+    """Wraps register_nodes and changes nothing: its wrapper still runs around each pack."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    @hookimpl(wrapper=True)
+    def register_nodes(self, register):
+        self.calls += 1
+        return (yield)
+
+
+def test_a_wrapper_wraps_each_packs_call(tmp_path: Path) -> None:
+    wrapper = WrappedPack()
+    host = Host(tmp_path / "ws", plugins=[wrapper])
+    node_packs = [name for name, nodes in PACK_NODES.items() if nodes]
+    assert wrapper.calls == len(node_packs)  # once per pack that registers nodes
+    assert {e["id"] for e in host.catalog()} == NODE_IDS
+    (pack,) = [p for p in host.plugin_packs() if p["name"].startswith("WrappedPack")]
+    assert pack["status"] == "available" and pack["nodes"] == []
+
+
+def test_wrapper_in_the_callers_plugin_manager_sees_each_registration(tmp_path: Path) -> None:
+    """An observer registered in the caller's manager before loading: not a pack, its
+    wrapper wraps every pack's call and sees what each registers."""
+    pm = new_plugin_manager()
+    seen: list[tuple[str, list[str]]] = []
+
+    class Observer:
+        @hookimpl(wrapper=True)
+        def register_nodes(self, register):
+            seen.append(("call", []))
+            return (yield)
+
+    pm.register(Observer(), name="observer")
+    host = Host(tmp_path / "ws", plugin_manager=pm)
+    assert len(seen) == len([nodes for nodes in PACK_NODES.values() if nodes])
+    assert "observer" not in {p["name"] for p in host.plugin_packs()}
+
+
+def _order_pack(name: str, calls: list[str], **marker: bool) -> type:
+    class Pack:
+        @hookimpl(**marker)
+        def register_nodes(self, register):
+            calls.append(name)
+
+    Pack.__name__ = name
+    return Pack
+
+
+def test_tryfirst_and_trylast_order_the_packs(tmp_path: Path) -> None:
+    calls: list[str] = []
+    first = _order_pack("FirstPack", calls, tryfirst=True)()
+    last = _order_pack("LastPack", calls, trylast=True)()
+    plain = _order_pack("PlainPack", calls)()
+    pm, monitor = monitored()
+    Host(tmp_path / "ws", plugins=[last, plain, first], plugin_manager=pm, load_entrypoints=False)
+    assert calls == ["FirstPack", "PlainPack", "LastPack"]
+    # Packs passed in are named by class and position.
+    assert [names for hook, names in monitor if hook == "register_nodes"] == [
+        ["FirstPack-2"],
+        ["PlainPack-1"],
+        ["LastPack-0"],
+    ]
+
+
+class _Claim(Node):
+    id = "checkerboard"
+    title = "Claims the example pack's id"
+    description = "Registered first, through tryfirst."
+
+    class Input(NodeInput):
+        """x"""
+
+    class Output(NodeOutput):
+        """x"""
+
+    def run(self, inputs, ctx):
+        return {}
+
+
+class TryfirstClaim:
+    @hookimpl(tryfirst=True)
+    def register_nodes(self, register):
+        register(_Claim)
+
+
+def test_tryfirst_decides_who_keeps_a_shared_id(tmp_path: Path) -> None:
+    """The first provider in call order keeps an id: tryfirst moves a pack ahead, and the
+    pack it overtook is the one refused, naming both."""
+    host = Host(tmp_path / "ws", plugins=[TryfirstClaim()])
+    assert host.node("checkerboard") is _Claim
+    packs = {p["name"]: p for p in host.plugin_packs()}
+    assert packs[EXAMPLE_PACK]["status"] == "unavailable"
+    assert "TryfirstClaim" in packs[EXAMPLE_PACK]["reason"]
+
+
+def test_a_raising_pack_is_isolated_and_the_monitor_sees_its_failed_call(tmp_path: Path) -> None:
+    pm = new_plugin_manager()
+    outcomes: list[tuple[str, bool]] = []
+    pm.add_hookcall_monitoring(
+        lambda name, impls, kwargs: None,
+        lambda outcome, name, impls, kwargs: outcomes.append(
+            (impls[0].plugin_name, outcome.exception is None)
+        ),
+    )
+    host = Host(tmp_path / "ws", plugins=[RaisingPack()], plugin_manager=pm)
+    failed = [name for name, ok in outcomes if not ok]
+    assert len(failed) == 1 and failed[0].startswith("RaisingPack")
+    pack = host.registered.plugin_packs[failed[0]]
+    assert pack.status == "unavailable" and "cannot register today" in pack.reason
+    assert not pm.has_plugin(failed[0])  # unregistered: later hooks never call it
+    assert {e["id"] for e in host.catalog()} == NODE_IDS
+
+
+# -- commands ---------------------------------------------------------------------------------
+def test_builtin_command_groups_register_through_the_hook() -> None:
+    """flows, library, MCP and server are entry points of the commands group and add
+    their sub-commands through register_commands, as a pack does."""
+    pm, calls = monitored()
+    loader = PluginLoader(
+        groups=(ENTRY_POINT_GROUP, COMMANDS_GROUP), registrations=False, plugin_manager=pm
+    )
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers()
+    loader.register_commands(sub)
+    by_pack = [names[0] for hook, names in calls if hook == "register_commands"]
+    assert {"flows", "library", "mcp", "server", EXAMPLE_PACK} <= set(by_pack)
+    assert {"flow", "trainings", "packs", "sessions", "mcp", "serve", "worker"} <= set(sub.choices)
+    assert "checkerboard" in sub.choices  # the example pack's command
+    eps = importlib.metadata.entry_points(group=COMMANDS_GROUP)
+    assert set(eps.names) == {"flows", "library", "mcp", "server"}
+    cli_source = (Path(__file__).parents[1] / "src/imagenodes/cli.py").read_text()
+    assert "__import__" not in cli_source  # no hard-coded module list left
+
+
+class CommandPack:
+    @hookimpl
+    def register_commands(self, subparsers):
+        subparsers.add_parser("hello", help="says hello")
+
+
+class BrokenCommandPack:
+    @hookimpl
+    def register_commands(self, subparsers):
+        subparsers.add_parser("nodes")  # taken by the core command
+
+
+def test_a_pack_whose_commands_fail_loses_only_its_own(caplog: pytest.LogCaptureFixture) -> None:
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers()
+    sub.add_parser("nodes")
+    loader = PluginLoader(
+        load_entrypoints=False, plugins=[BrokenCommandPack(), CommandPack()], registrations=False
+    )
+    with caplog.at_level("WARNING", logger="imagenodes.registry.plugins"):
+        loader.register_commands(sub)
+    assert "hello" in sub.choices
+    assert "BrokenCommandPack" in caplog.text and "conflicting subparser: nodes" in caplog.text

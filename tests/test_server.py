@@ -1034,3 +1034,23 @@ def test_batching_on_by_default_never_delays_a_lone_job(serve: Callable[..., Ser
             "/v1/jobs", json={**body, "inputs": {**FAST, "seed": 2}}, headers={"Prefer": "wait=60"}
         ).json()
         assert job["status"] == "succeeded" and time.monotonic() - t0 < 4.0
+
+
+def test_readyz_says_ready_only_once_the_default_model_is_loaded(
+    serve: Callable[..., Served],
+) -> None:
+    cold = serve()
+    with cold.client() as c:
+        assert c.get("/v1/readyz").json()["status"] == "COLD"  # the first job pays the load
+        c.post(
+            "/v1/jobs",
+            json={"node": "generate_image_v2", "inputs": FAST},
+            headers={"Prefer": "wait=60"},
+        )
+        ready = c.get("/v1/readyz").json()
+        assert ready["status"] == "READY" and ready["model_loaded"] is True
+    warm = serve(preload=True)  # a new host: loaded at start-up, before the app answers
+    assert warm.host is not cold.host
+    with warm.client() as c:
+        body = c.get("/v1/readyz").json()
+        assert body["status"] == "READY" and body["model_loaded"] is True

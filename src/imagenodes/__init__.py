@@ -8,6 +8,7 @@ node authors — no import below the root is needed for either.
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 from imagenodes.assets import embedded_model_path
@@ -47,6 +48,10 @@ if TYPE_CHECKING:
     from imagenodes.registry.host import Host, RunResult
 
 __version__ = "0.1.0"
+
+# A library's loggers: records reach the application's handlers, never Python's
+# last-resort stderr handler (imagenodes.logs does the same for the ML libraries).
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 
 def __getattr__(name: str) -> Any:

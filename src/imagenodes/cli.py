@@ -12,19 +12,17 @@ from __future__ import annotations
 
 import argparse
 import functools
-import importlib.abc
-import importlib.machinery
 import json
 import logging
 import re
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
-from types import ModuleType
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
 from imagenodes.errors import ImageNodesError, InputError
+from imagenodes.logs import quiet_libraries
 
 if TYPE_CHECKING:
     from rich.progress import ProgressColumn, TaskID
@@ -231,9 +229,9 @@ def open_host(args: argparse.Namespace) -> Host:
     """The :class:`~imagenodes.Host` a command works on, from the global ``--workspace``
     and ``--connections`` flags.
 
-    Every sub-command module (flows, trainings/packs/sessions, MCP, and third-party
-    ``add_commands`` installers) opens its host through this one function, so the flags
-    mean the same everywhere.  Imported lazily: building the parser and ``--help`` must
+    Every sub-command (flows, trainings/packs/sessions, MCP, serve, and the commands
+    packs add through ``register_commands``) opens its host through this one function,
+    so the flags mean the same everywhere.  Imported lazily: building the parser and ``--help`` must
     not pay for the registry and plugin discovery.
     """
     from imagenodes import Host
@@ -328,16 +326,6 @@ KNOWN_HARMLESS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("transformers", re.compile(r"requires torchvision \(not installed\); falling back to")),
 )
 
-#: Library root loggers that come with a handler of their own: the handler is removed
-#: and records propagate to the root handler, where the filter and ``-v`` apply.
-#: transformers and diffusers install theirs lazily, so their ``disable_default_handler``
-#: (which installs it first) is used; huggingface_hub installs its one at import time.
-_OWN_HANDLER_LIBRARIES = {
-    "transformers.utils.logging": "transformers",
-    "diffusers.utils.logging": "diffusers",
-    "huggingface_hub.utils.logging": "huggingface_hub",
-}
-
 _log_level = logging.WARNING
 
 
@@ -380,70 +368,6 @@ class _StderrHandler(logging.StreamHandler[TextIO]):
         pass
 
 
-class _AfterImport(importlib.abc.MetaPathFinder):
-    """Calls ``hooks[name](module)`` right after module ``name`` has been executed.
-
-    Python has no post-import hooks, and importing transformers or diffusers up front
-    to reconfigure their logging would cost seconds (diffusers pulls torch) on commands
-    that never touch a model; so the libraries are reconfigured the moment they load,
-    before any of their code can log.
-    """
-
-    def __init__(self, hooks: Mapping[str, Callable[[ModuleType], None]]) -> None:
-        self.hooks = hooks
-
-    def find_spec(
-        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
-    ) -> importlib.machinery.ModuleSpec | None:
-        hook = self.hooks.get(fullname)
-        if hook is None:
-            return None
-        for finder in sys.meta_path:
-            if finder is self or not hasattr(finder, "find_spec"):
-                continue
-            spec = finder.find_spec(fullname, path, target)
-            if spec is not None:
-                break
-        else:
-            return None
-        loader = spec.loader
-        exec_module = getattr(loader, "exec_module", None)
-        if loader is None or exec_module is None:
-            return spec
-
-        def exec_then_hook(module: ModuleType) -> None:
-            exec_module(module)
-            hook(module)
-
-        # A path finder makes a new loader per module: patching it touches only this one.
-        loader.exec_module = exec_then_hook  # type: ignore[method-assign]
-        return spec
-
-
-def _adopt_library_logging(module: ModuleType) -> None:
-    """Route one library's logs to the root logger (see :data:`_OWN_HANDLER_LIBRARIES`).
-
-    Never raises: a change in a library's logging helpers must not break its import.
-    """
-    name = _OWN_HANDLER_LIBRARIES.get(module.__name__)
-    if name is None:
-        return
-    try:
-        if hasattr(module, "disable_default_handler"):
-            module.disable_default_handler()
-            module.enable_propagation()
-        else:
-            logger = logging.getLogger(name)
-            for handler in list(logger.handlers):
-                if type(handler) is logging.StreamHandler:
-                    logger.removeHandler(handler)
-            logger.propagate = True
-        if _log_level < logging.WARNING:
-            logging.getLogger(name).setLevel(_log_level)
-    except Exception:
-        logging.getLogger(__name__).debug("could not reroute %s logging", name, exc_info=True)
-
-
 def configure_logging(verbosity: int = 0) -> None:
     """One stderr handler on the root logger for every library's warnings and logs.
 
@@ -472,12 +396,9 @@ def configure_logging(verbosity: int = 0) -> None:
     handler.setLevel(_log_level)
     root.setLevel(_log_level)
     logging.captureWarnings(True)
-    if not any(isinstance(f, _AfterImport) for f in sys.meta_path):
-        hooks = dict.fromkeys(_OWN_HANDLER_LIBRARIES, _adopt_library_logging)
-        sys.meta_path.insert(0, _AfterImport(hooks))
-    for module_name in _OWN_HANDLER_LIBRARIES:
-        if module_name in sys.modules:  # already imported: adopt it now
-            _adopt_library_logging(sys.modules[module_name])
+    # The libraries' own stderr handlers go and their warnings become their loggers'
+    # records (imagenodes.logs), so they reach this handler, named and filtered.
+    quiet_libraries(level=_log_level if _log_level < logging.WARNING else None)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -539,31 +460,29 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("connections", help="list configured connections (secrets masked)")
     p.set_defaults(func=cmd_connections)
 
-    for hook in _extra_commands():
-        hook(sub)
+    add_pack_commands(sub)
     return parser
 
 
-def _extra_commands() -> list[Callable[[Any], None]]:
-    """Sub-command installers of optional modules (flows, trainings, packs, mcp)."""
-    installers = []
-    modules = (
-        "imagenodes.flows.cli",
-        "imagenodes.library_cli",
-        "imagenodes.mcp_server",
-        "imagenodes.server.cli",
-    )
-    for module in modules:
-        try:
-            mod = __import__(module, fromlist=["add_commands"])
-        except ImportError:
-            continue
-        installers.append(mod.add_commands)
-    return installers
+def add_pack_commands(subparsers: Any) -> None:
+    """Every pack's sub-commands, through the ``register_commands`` hook.
+
+    The built-in groups (``flow``, ``trainings``/``packs``/``sessions``, ``mcp``,
+    ``serve``) are entry points of the ``imagenodes.commands`` group and register exactly
+    as a third-party pack does; packs of the ``imagenodes`` group may add commands too.
+    Only the modules are imported and registered (no catalog is built), honouring
+    ``IMAGENODES_DISABLE_PLUGINS``; a pack whose hook raises loses its commands alone.
+    """
+    from imagenodes.registry.plugins import COMMANDS_GROUP, ENTRY_POINT_GROUP, PluginLoader
+
+    loader = PluginLoader(groups=(ENTRY_POINT_GROUP, COMMANDS_GROUP), registrations=False)
+    loader.register_commands(subparsers)
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     out = out or sys.stdout
+    # Before the parser is built: a pack whose commands fail to register says so.
+    configure_logging(0)
     parser = build_parser()
     args = parser.parse_args(argv)
     configure_logging(args.verbose)

@@ -12,6 +12,7 @@ import sys
 from typing import Any, TextIO
 
 from imagenodes.cli import EXIT_OK, open_host
+from imagenodes.sdk import hookimpl
 
 
 def _print(out: TextIO, value: Any) -> int:
@@ -100,6 +101,13 @@ def cmd_sessions_history(args: argparse.Namespace, out: TextIO) -> int:
 def cmd_sessions_remove(args: argparse.Namespace, out: TextIO) -> int:
     open_host(args).sessions.remove(args.session_id)
     return _print(out, {"removed": args.session_id})
+
+
+@hookimpl
+def register_commands(subparsers: Any) -> None:
+    """This module's sub-commands, added through the hook as a pack's would be (its
+    entry point is in the ``imagenodes.commands`` group)."""
+    add_commands(subparsers)
 
 
 def add_commands(sub: Any) -> None:

@@ -32,6 +32,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
 from imagenodes.errors import ImageNodesError, InputError, UnknownNodeError
+from imagenodes.sdk import hookimpl
 
 if TYPE_CHECKING:
     from mcp.server.lowlevel import Server
@@ -284,6 +285,13 @@ def cmd_mcp(args: argparse.Namespace, out: TextIO) -> int:
     host = open_host(args)
     anyio.run(serve_stdio, host)
     return EXIT_OK
+
+
+@hookimpl
+def register_commands(subparsers: Any) -> None:
+    """This module's sub-commands, added through the hook as a pack's would be (its
+    entry point is in the ``imagenodes.commands`` group)."""
+    add_commands(subparsers)
 
 
 def add_commands(sub: Any) -> None:

@@ -334,8 +334,15 @@ class RunContext(ABC):
     util: Util
 
     @abstractmethod
-    def connection(self, category: str = "pixelml") -> Any:
-        """The run's connection of ``category`` (a node's own connection type)."""
+    def connection(self, category: str | None = None) -> Any:
+        """The run's connection of ``category``.
+
+        Without a category: the node's own connection, the category of the first
+        requirement in its ``connections`` (:meth:`Node.connection_category`), which is
+        also the connection ``ctx.models`` generates through; a node that declares none
+        gets the host's ``default`` connection.  The SDK names no category itself: a
+        pack's node asks for its own, never for the built-in nodes' one.
+        """
 
 
 # -- the node contract ----------------------------------------------------------------
@@ -361,6 +368,10 @@ class Node(Generic[InT, OutT]):
     category: ClassVar[str] = "image"
     Input: ClassVar[type[BaseModel]]
     Output: ClassVar[type[BaseModel]]
+    #: The connections the node needs, the builder's "Connection" table.  The first
+    #: one's category is the node's own (:meth:`connection_category`): ``ctx.models``
+    #: and ``ctx.connection()`` use it, so a node that generates lists its engine
+    #: connection first.
     connections: ClassVar[tuple[ConnectionRequirement, ...]] = ()
     field_codes: ClassVar[Mapping[str, str]] = {}
     #: Solution texts for codes this node words differently from the shared table
@@ -417,6 +428,14 @@ class Node(Generic[InT, OutT]):
         if "seed" in cls.Input.model_fields and out.get("seed") is None:
             out["seed"] = draw_seed()
         return out
+
+    @classmethod
+    def connection_category(cls) -> str | None:
+        """The category of the node's own connection (its first declared requirement),
+        which ``ctx.models`` and ``ctx.connection()`` use; None when it declares none,
+        and the host's ``default`` connection serves it.  Declared by the node, never
+        assumed by the SDK, so each pack's nodes carry their own category."""
+        return cls.connections[0].category if cls.connections else None
 
     @classmethod
     def localise_error(cls, exc: ImageNodesError) -> ImageNodesError:

@@ -25,7 +25,7 @@ import torch
 from imagenodes.engine.budget import budget_from_env
 from imagenodes.engine.device import DTYPES
 from imagenodes.engine.imports import gc_paused
-from imagenodes.engine.routing import ResolvedModel
+from imagenodes.engine.resolve import ResolvedModel
 from imagenodes.errors import ConnectionConfigError
 
 Key = tuple[str, str, str]

@@ -38,9 +38,16 @@ from imagenodes.engine.notices import Notice
 from imagenodes.engine.profiles import ModelProfile
 from imagenodes.engine.prompts import fit_prompts
 from imagenodes.engine.request import Control, GenerationRequest, draw_seed
-from imagenodes.engine.routing import Adapted, ResolvedModel, adapt, check_spec, route
+from imagenodes.engine.resolve import ResolvedModel, check_spec, route
+from imagenodes.engine.routing import Adapted, adapt
 from imagenodes.engine.status import memory_status
 from imagenodes.errors import ConnectionConfigError, GenerationFailed, ImageNodesError
+from imagenodes.logs import quiet_libraries
+
+# Importing the engine is where the ML stack comes in: from here on the libraries'
+# advisories and warnings are log records under their own loggers, not stderr lines
+# in the embedding application (imagenodes.logs).
+quiet_libraries()
 
 
 class _NullControl:

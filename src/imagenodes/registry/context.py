@@ -311,7 +311,9 @@ class RunImages:
 
 
 class RunModels:
-    """``ctx.models``: the engine through the run's ``pixelml`` connection.
+    """``ctx.models``: the engine through the node's own connection (the category its
+    first ``ConnectionRequirement`` declares; the host's ``default`` connection for a
+    node that declares none).
 
     The engine is created on first use, so a node that never calls these never
     imports torch.
@@ -408,7 +410,7 @@ class HostRunContext(RunContext):
         models: RunModels,
         library: RunLibrary,
         util: RunUtil,
-        connection: Callable[[str], Connection],
+        connection: Callable[[str | None], Connection],
     ) -> None:
         self.run_id = run_id
         self.node_id = node_id
@@ -418,7 +420,7 @@ class HostRunContext(RunContext):
         self.util = util
         self._connection = connection
 
-    def connection(self, category: str = "pixelml") -> Connection:
+    def connection(self, category: str | None = None) -> Connection:
         return self._connection(category)
 
     # -- the 0.1 names, kept one release for packs written against them ---------------

@@ -7,6 +7,11 @@ what, so a duplicate can be refused naming both providers.
 
 Built-in nodes, connection types and model families use exactly these hooks and
 are found through the same ``imagenodes`` entry-point group as third-party packs.
+``register_commands`` is the one hook that is not about the catalog: the
+``imagenodes`` command calls it (``Host()`` never does) so that packs, and the built-in
+flows, library, MCP and server command groups alike, add sub-commands (llm's and
+datasette's hook of the same name).
+
 ``docs/hooks.md`` documents each hook; a test fails when one is missing there.
 """
 
@@ -37,7 +42,7 @@ def register_connection_types(register: Callable[[type], None]) -> None:
 
     A connection type is a pydantic model subclassing
     :class:`imagenodes.connections.Connection` with a unique ``type`` name and the
-    ``category`` that nodes ask for (e.g. ``pixelml``).  Secret fields must be
+    ``category`` that nodes ask for (e.g. ``render_farm``).  Secret fields must be
     ``SecretStr`` so they never reach the catalog, logs, errors or results.
     """
 
@@ -50,4 +55,19 @@ def register_model_profiles(register: Callable[[Any], None]) -> None:
     classes, resolutions, parameters, ranges, batch limit) and how to recognise
     it (``model_index.json`` class names, hub-id patterns).  The engine routes
     every model through these profiles and reports each adaptation as a notice.
+    """
+
+
+@hookspec
+def register_commands(subparsers: Any) -> None:
+    """Add sub-commands to ``imagenodes``: ``subparsers.add_parser(name, help=...)``.
+
+    ``subparsers`` is the command's :mod:`argparse` sub-parsers action.  Give each parser
+    ``set_defaults(func=handler)``; the command calls ``handler(args, out)`` and exits
+    with the integer it returns, prints an :class:`imagenodes.ImageNodesError` it raises
+    as JSON on stderr, and offers ``imagenodes.cli.open_host(args)`` for a
+    :class:`~imagenodes.Host` opened with the global ``--workspace`` and
+    ``--connections`` flags.  Called only by the ``imagenodes`` command, never by
+    ``Host()``.  A name another pack already took makes argparse raise: that pack
+    loses its commands (logged), the others keep theirs.
     """

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ValidationError
 
 from imagenodes.connections.base import Connection
-from imagenodes.connections.store import ConnectionStore
+from imagenodes.connections.store import DEFAULT_NAME, ConnectionStore
 from imagenodes.errors import (
     ConnectionConfigError,
     ImageNodesError,
@@ -42,6 +42,8 @@ from imagenodes.registry.validation import (
 from imagenodes.sdk import Node, image_ref_fields
 
 if TYPE_CHECKING:
+    import pluggy
+
     from imagenodes.engine.engine import Engine
     from imagenodes.engine.profiles import ModelProfile
     from imagenodes.workspace import UrlPolicy
@@ -59,6 +61,10 @@ class Host:
         connections: extra named connections (dicts or Connection objects).
         connections_file: TOML file of connections (default: env / user config dir).
         plugins: extra plugin objects registered after entry points (tests, embedding).
+        plugin_manager: the pluggy manager to load packs into, e.g. one with
+            ``add_hookcall_monitoring`` or tracing on (default: a new one; see
+            :func:`imagenodes.registry.plugins.new_plugin_manager`); one per Host,
+            since a plugin registers once per manager.
         load_entrypoints: discover packs through the ``imagenodes`` entry-point group.
         strict: raise PluginError when any pack is unavailable instead of isolating it.
         cache_bytes: pipeline cache budget (default ``IMAGENODES_CACHE_BYTES`` or 8 GiB).
@@ -76,6 +82,7 @@ class Host:
         connections: Mapping[str, Connection | Mapping[str, Any]] | None = None,
         connections_file: str | os.PathLike[str] | None = None,
         plugins: Iterable[Any] = (),
+        plugin_manager: pluggy.PluginManager | None = None,
         load_entrypoints: bool = True,
         strict: bool = False,
         cache_bytes: int | None = None,
@@ -85,7 +92,9 @@ class Host:
     ) -> None:
         from imagenodes.workspace import SOURCE_MAX_SIDE, Workspace
 
-        self.plugins = PluginLoader(load_entrypoints=load_entrypoints, plugins=plugins)
+        self.plugins = PluginLoader(
+            load_entrypoints=load_entrypoints, plugins=plugins, plugin_manager=plugin_manager
+        )
         #: What the plugin packs registered (nodes, connection types, model profiles).
         self.registered = self.plugins.registry
         if strict:
@@ -214,7 +223,7 @@ class Host:
         from imagenodes.assets import embedded_model_path
         from imagenodes.connections.local import LocalDiffusersConnection
         from imagenodes.engine.profiles import EMBEDDED
-        from imagenodes.engine.routing import locate, pick_profile, read_class_name
+        from imagenodes.engine.resolve import locate, pick_profile, read_class_name
 
         # The registry holds what packs registered: model profiles, by name.
         profiles: Mapping[str, ModelProfile] = self.registered.profiles
@@ -240,6 +249,11 @@ class Host:
         except (ImageNodesError, OSError, ValueError):
             pass
         return fallback
+
+    @property
+    def engine_started(self) -> bool:
+        """Whether the engine exists yet (asking never imports torch)."""
+        return self._engine is not None
 
     def enable_batching(self, window_ms: float) -> None:
         """Let concurrent compatible runs of this host share pipeline calls (the
@@ -319,6 +333,7 @@ class Host:
             connection_for=lambda category: self.connections.for_category(
                 category, names.get(category)
             ),
+            default_connection=lambda: self._default_connection(names),
             on_event=on_event,
             timeout=timeout,
             run_id=run_id or uuid.uuid4().hex,
@@ -333,6 +348,12 @@ class Host:
         return await asyncio.to_thread(self.run, node_id, inputs, **kwargs)
 
     # -- helpers --------------------------------------------------------------------
+    def _default_connection(self, names: Mapping[str, str]) -> Connection:
+        """The connection of a node that declares none: the store's ``default`` one, or
+        the one the caller named for the default's category (``connections=``)."""
+        category = self.connections.get(DEFAULT_NAME).category
+        return self.connections.for_category(category, names.get(category))
+
     def _connections_for(
         self, cls: type[Node[Any, Any]], names: Mapping[str, str]
     ) -> dict[str, Connection]:

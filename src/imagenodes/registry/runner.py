@@ -127,6 +127,19 @@ def runtime_config(connection: Connection) -> RuntimeConfig:
     return RuntimeConfig.from_mapping(data)
 
 
+def _default_for(
+    cls: type[Node[Any, Any]], default_connection: Callable[[], Connection] | None
+) -> Connection:
+    """The connection of a node that declares none (``ctx.models`` / ``ctx.connection()``)."""
+    if default_connection is None:
+        raise ConnectionConfigError(
+            f"node {cls.id!r} declares no connection and this host has no default one; "
+            "declare a ConnectionRequirement in the node's connections",
+            field="connection",
+        )
+    return default_connection()
+
+
 @dataclass
 class _Outcome:
     outputs: dict[str, Any]
@@ -165,6 +178,7 @@ class NodeRunner:
         *,
         connections: Mapping[str, Connection],
         connection_for: Callable[[str], Connection],
+        default_connection: Callable[[], Connection] | None = None,
         on_event: Callable[[Event], None] | None,
         timeout: float | None,
         run_id: str,
@@ -176,7 +190,15 @@ class NodeRunner:
         record = RunRecord()
         used: dict[str, Connection] = dict(connections)
 
-        def connection(category: str) -> Connection:
+        def connection(category: str | None = None) -> Connection:
+            """A connection of ``category``; with none, the node's own (its first
+            declared category) or else the host's default connection.  Resolved on
+            first use and recorded in run.json either way."""
+            category = category or cls.connection_category()
+            if category is None:
+                conn = _default_for(cls, default_connection)
+                used.setdefault(conn.category, conn)
+                return used[conn.category]
             if category not in used:
                 used[category] = connection_for(category)
             return used[category]
@@ -222,7 +244,7 @@ class NodeRunner:
                 images=images,
                 models=RunModels(
                     engine=self._engine,
-                    config=lambda: runtime_config(connection("pixelml")),
+                    config=lambda: runtime_config(connection()),
                     util=util,
                     record=record,
                 ),

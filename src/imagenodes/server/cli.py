@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from imagenodes.cli import EXIT_OK, open_host
 from imagenodes.errors import InputError
+from imagenodes.sdk import hookimpl
 
 if TYPE_CHECKING:
     from imagenodes.registry.host import Host
@@ -101,6 +102,11 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
         f"(workspace {host.workspace.url}, queue {_queue_name(settings)}, "
         f"{settings.workers} worker(s), executor {settings.executor})\n"
     )
+    from imagenodes.server.protocols.comfy.frontend import install_hint
+
+    hint = install_hint()  # the ComfyUI editor at /comfy/ is an extra (docs/comfyui.md)
+    if hint:
+        sys.stderr.write(f"imagenodes: {hint}\n")
     sys.stderr.flush()
     try:
         # serving.Server: uvicorn with the limits of the settings (header and idle
@@ -311,6 +317,13 @@ def _add_queue_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+@hookimpl
+def register_commands(subparsers: Any) -> None:
+    """This module's sub-commands, added through the hook as a pack's would be (its
+    entry point is in the ``imagenodes.commands`` group)."""
+    add_commands(subparsers)
+
+
 def add_commands(sub: Any) -> None:
     p = sub.add_parser(
         "serve",
@@ -323,6 +336,13 @@ def add_commands(sub: Any) -> None:
     _add_queue_options(p)
     _setting(p, "--max-queue", "max_queue", help="queued jobs before 429")
     _setting(p, "--max-wait-s", "max_wait_s", help="longest Prefer: wait=N honoured (seconds)")
+    _setting(
+        p,
+        "--preload",
+        "preload",
+        action="store_true",
+        help="load the default model at start-up (readyz says READY once it is loaded)",
+    )
     _setting(
         p,
         "--header-timeout-s",

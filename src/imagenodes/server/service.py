@@ -169,6 +169,7 @@ class JobService:
         self._threads: list[threading.Thread] = []
         self._threads_lock = threading.Lock()
         self._workers = settings.resolved_workers(host)
+        self._model_loaded = False
         self.ready = False
 
     @property
@@ -188,6 +189,8 @@ class JobService:
         if self.webhooks is not None:
             self.webhooks.start()
         self.recover()
+        if self.settings.preload and self._generates_here():
+            self._preload()
         for index in range(workers):  # 0: an API-only process
             self._spawn_worker(index)
         beat = threading.Thread(target=self._heartbeats, name="imagenodes-heartbeat", daemon=True)
@@ -195,6 +198,45 @@ class JobService:
         with self._threads_lock:
             self._threads.append(beat)
         self.ready = True
+
+    #: The built-in node that reports (and loads) the default connection's model.
+    _STATUS_NODE = "check_engine_status"
+
+    def _generates_here(self) -> bool:
+        """This process runs jobs on its own host (not API-only, not on Ray replicas,
+        which load their own pipelines)."""
+        return (
+            self.workers > 0
+            and isinstance(self.executor, LocalExecutor)
+            and self._STATUS_NODE in self.host.nodes
+        )
+
+    def _preload(self) -> None:
+        """Load the default model now (``--preload``), through the one run path."""
+        try:
+            out = self.host.run(self._STATUS_NODE, {"initialize": True}).outputs
+        except ImageNodesError as exc:
+            log.warning("preload failed: %s: %s", exc.code, exc.message)
+            return
+        self._model_loaded = out.get("initialized") is True
+        if not self._model_loaded:
+            log.warning("preload: the default model is not loaded: %s", out.get("error"))
+
+    def model_loaded(self) -> bool | None:
+        """Whether the default model is loaded (blocking); None where this process does
+        not generate.  Asking never imports torch or loads anything."""
+        if not self._generates_here():
+            return None
+        if self._model_loaded:
+            return True
+        if not self.host.engine_started:
+            return False
+        try:
+            out = self.host.run(self._STATUS_NODE, {}).outputs
+        except ImageNodesError:
+            return False
+        self._model_loaded = out.get("initialized") is True
+        return self._model_loaded
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop taking jobs; the running ones are cancelled and re-queued (same seed).

@@ -74,6 +74,7 @@ FLAGS: dict[str, str] = {
     "cors_origins": "--cors-origin",
     "allowed_hosts": "--allowed-host",
     "max_wait_s": "--max-wait-s",
+    "preload": "--preload",
     "header_timeout_s": "--header-timeout-s",
     "keep_alive_s": "--keep-alive-s",
     "max_connections": "--max-connections",
@@ -226,6 +227,9 @@ class ServerSettings(BaseSettings):
     max_upload_bytes: int = Field(default=20 * 1024 * 1024, gt=0)
     #: Longest ``Prefer: wait=N`` honoured (seconds).
     max_wait_s: float = Field(default=60.0, gt=0)
+    #: Load the default connection's model at start-up (``/v1/readyz`` answers READY
+    #: once it is loaded), so the first job does not pay the load.
+    preload: bool = False
     #: Seconds a connection may take to send a request's line and headers, counted
     #: from when it opened or its previous response ended; then it is closed (idle
     #: and slowloris connections cannot pile up).  uvicorn itself has no such timer.

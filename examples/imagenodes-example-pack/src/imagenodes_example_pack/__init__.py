@@ -1,11 +1,16 @@
-"""A complete third-party node pack: one node, found through its entry point.
+"""A complete third-party node pack: one node and one command, found through its
+entry point.
 
-It uses only the package root (``imagenodes``), as every pack should, and generates
-nothing: running it never imports torch.
+The node uses only the package root (``imagenodes``), as every pack should, and
+generates nothing: running it never imports torch.  The ``imagenodes checkerboard``
+command shows the ``register_commands`` hook: a pack adds a sub-command exactly as the
+built-in ``flow`` and ``serve`` groups do.
 """
 
+import argparse
+import json
 from collections.abc import Callable
-from typing import Annotated
+from typing import Annotated, Any, TextIO
 
 from PIL import Image, ImageColor, ImageDraw
 from pydantic import AfterValidator, Field
@@ -60,3 +65,23 @@ class Checkerboard(Node[CheckerboardInput, CheckerboardOutput]):
 @hookimpl
 def register_nodes(register: Callable[[type], None]) -> None:
     register(Checkerboard)
+
+
+def _draw(args: argparse.Namespace, out: TextIO) -> int:
+    """``imagenodes checkerboard``: run the node on the command's host, print the result."""
+    from imagenodes.cli import open_host  # the global --workspace/--connections flags
+
+    inputs = {"size": args.size, "squares": args.squares, "colour": args.colour}
+    result = open_host(args).run(Checkerboard.id, inputs)
+    json.dump(result.to_dict(), out, indent=2)
+    out.write("\n")
+    return 0
+
+
+@hookimpl
+def register_commands(subparsers: Any) -> None:
+    p = subparsers.add_parser("checkerboard", help="draw a checkerboard into the workspace")
+    p.add_argument("--size", type=int, default=64, help="side in pixels")
+    p.add_argument("--squares", type=int, default=8, help="squares per side")
+    p.add_argument("--colour", default="black", help="any PIL colour name")
+    p.set_defaults(func=_draw)

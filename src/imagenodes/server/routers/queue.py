@@ -44,17 +44,27 @@ def router(service: JobService, settings: ServerSettings) -> APIRouter:
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @api.get("/v1/readyz", summary="Readiness: STARTING, READY or BUSY, with queue depth")
+    @api.get(
+        "/v1/readyz",
+        summary="Readiness: STARTING, COLD (the default model not loaded yet), READY or BUSY",
+    )
     async def readyz() -> JSONResponse:
         counts = await pools.read(service, service.store.counts)
         paused = await pools.read(service, service.store.get_flag, "paused")
         running = len(service.running())
-        state = "STARTING" if not service.ready else ("BUSY" if running else "READY")
+        loaded = await pools.read(service, service.model_loaded) if service.ready else False
+        if not service.ready:
+            state = "STARTING"  # also while --preload loads the model
+        elif running:
+            state = "BUSY"
+        else:  # READY only once the default model is loaded: the next job pays no load
+            state = "COLD" if loaded is False else "READY"
         body = {
             "status": state,
             "queue_depth": counts["queued"],
             "running": running,
             "paused": paused,
+            "model_loaded": loaded,
         }
         return JSONResponse(body, status_code=503 if state == "STARTING" else 200)
 

@@ -13,7 +13,7 @@ and under ``/api``, so every route here answers at ``/comfy/<route>`` and
   user.
 * **Settings** (``/settings``, ``/settings/{id}``): one JSON object in
   ``<state>/comfy/settings.json``, written whole and atomically (temp file, then
-  rename), merged as ComfyUI merges.
+  rename), merged as ComfyUI merges, over :data:`DEFAULT_SETTINGS`.
 * **User data** (``/userdata…``, ``/v2/userdata``): saved workflows, subgraph
   blueprints, keybinding presets, ``user.css`` — files under ``<state>/comfy/userdata/``
   named by relative paths as strict as ``/v1/files``' (:func:`user_path`): no ``..``,
@@ -22,7 +22,8 @@ and under ``/api``, so every route here answers at ``/comfy/<route>`` and
   them against ``max_upload_bytes`` and leaves them unparsed, ``USERDATA_PREFIXES``).
 * **Boot look-ups with nothing behind them here** (``/i18n``, ``/global_subgraphs``,
   ``/workflow_templates``, ``/node_replacements``, ``/experiment/models``, the
-  templates index): a well-formed empty answer, so the editor's console shows no 404.
+  templates index, the ``/comfy/internal`` log and folder routes of its panels): a
+  well-formed empty answer, so the editor's console shows no 404.
 * **Static files**: the package's ``static/`` directory, by the last router — a GET
   catch-all, so any API route of :mod:`.v1` and :mod:`.v2` wins.  Without the package,
   ``/comfy/`` says how to install it.
@@ -41,6 +42,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import tempfile
 import threading
 import unicodedata
@@ -97,6 +99,12 @@ MAX_LISTING = 10_000
 MAX_SETTINGS_BYTES = 4 * 1024 * 1024
 #: Longest setting id (``Comfy.Workflow.WorkflowTabsPosition`` is 35).
 MAX_SETTING_ID = 256
+#: Settings a user has not set, where ComfyUI's default does not fit this service: no
+#: release check against api.comfy.org (the editor's page may connect to this server
+#: only).  A user's own value wins; defaults are never written to the settings file.
+DEFAULT_SETTINGS: dict[str, Any] = {
+    "Comfy.Notification.ShowVersionUpdates": False,
+}
 #: Characters refused in a user-data name: ComfyUI's own list of characters a file
 #: name must avoid (``:\\/*?"<>|``), so a name saved here is portable.
 _FORBIDDEN = re.compile(r'[\\:*?"<>|]')
@@ -135,16 +143,6 @@ def static_dir() -> Path | None:
     return path if (path / "index.html").is_file() else None
 
 
-def editor_version() -> str | None:
-    """The installed ``comfyui-frontend-package`` version (None: not installed)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("comfyui-frontend-package")
-    except PackageNotFoundError:
-        return None
-
-
 def _inline_script_hashes(index_html: str) -> list[str]:
     """CSP hashes of the inline ``<script>`` blocks of the editor's ``index.html``.
 
@@ -169,13 +167,12 @@ def content_security_policy(index_html: str) -> str:
     nothing else: no telemetry leaves the machine); no plug-ins, no framing, no form
     posts elsewhere.
 
-    ``'unsafe-eval'`` is allowed because bundled libraries of the editor compile
-    expressions with ``new Function`` (they fail without it); ``'wasm-unsafe-eval'``
-    for its WebAssembly decoders.
+    ``'wasm-unsafe-eval'``: the editor compiles a WebAssembly module at boot (refused
+    without it: a page error).  No ``'unsafe-eval'``: nothing the editor runs here needs
+    ``eval`` or ``new Function`` (booting, building, running and saving a graph, its
+    settings, panels and dialogs show no CSP violation in the tests).
     """
-    scripts = " ".join(
-        ["'self'", "'unsafe-eval'", "'wasm-unsafe-eval'", *_inline_script_hashes(index_html)]
-    )
+    scripts = " ".join(["'self'", "'wasm-unsafe-eval'", *_inline_script_hashes(index_html)])
     return (
         f"default-src 'self'; script-src {scripts}; style-src 'self' 'unsafe-inline'; "
         "img-src 'self' data: blob:; font-src 'self' data:; media-src 'self' data: blob:; "
@@ -262,6 +259,10 @@ class UserFiles:
 
     # -- settings ------------------------------------------------------------------------------
     def settings(self) -> dict[str, Any]:
+        """The settings: :data:`DEFAULT_SETTINGS` under the stored ones."""
+        return {**DEFAULT_SETTINGS, **self._stored()}
+
+    def _stored(self) -> dict[str, Any]:
         """The stored settings (``{}`` when none were saved, or the file is unreadable:
         a corrupt file must not stop the editor from booting; it is logged)."""
         try:
@@ -282,12 +283,12 @@ class UserFiles:
     def update_settings(self, values: dict[str, Any]) -> None:
         """Merge ``values`` into the stored settings (ComfyUI's ``POST /settings``)."""
         with self._lock:
-            self._save_settings({**self.settings(), **values})
+            self._save_settings({**self._stored(), **values})
 
     def set_setting(self, setting_id: str, value: Any) -> None:
         """Store one setting (ComfyUI's ``POST /settings/{id}``)."""
         with self._lock:
-            self._save_settings({**self.settings(), setting_id: value})
+            self._save_settings({**self._stored(), setting_id: value})
 
     def _save_settings(self, settings: dict[str, Any]) -> None:
         data = json.dumps(settings, indent=2, ensure_ascii=False).encode()
@@ -324,9 +325,9 @@ class UserFiles:
         }
 
     def _walk(self, folder: Path, *, recurse: bool) -> Iterator[Path]:
-        """Regular files under ``folder`` (symlinks and the service's temporary files
-        left out; folders entered only when real), in name order, at most
-        :data:`MAX_LISTING`."""
+        """Regular files under ``folder`` (symlinks and hidden names — the service's
+        temporary files among them — left out; folders entered only when real), in
+        name order, at most :data:`MAX_LISTING`."""
         count = 0
         stack = [folder]
         while stack:
@@ -337,7 +338,9 @@ class UserFiles:
                 continue
             subfolders = []
             for entry in entries:
-                if entry.is_symlink() or entry.name.startswith(_TEMP_PREFIX):
+                # Hidden names are left out as ComfyUI's glob leaves them out (the
+                # editor keeps its bookmarks in workflows/.index.json, not a workflow).
+                if entry.is_symlink() or entry.name.startswith("."):
                     continue
                 if entry.is_dir(follow_symlinks=False):
                     if recurse:
@@ -359,7 +362,7 @@ class UserFiles:
         an empty list (ComfyUI answers 404, which the editor reads as empty, but the
         browser would log it as a failed request at every boot of a fresh install).
         """
-        rel = user_path(directory.strip("/"), field="dir")
+        rel = user_path(directory.rstrip("/"), field="dir")  # "workflows/" is a folder
         folder = self._resolve(rel, field="dir")
         if not folder.is_dir():
             return []
@@ -374,8 +377,8 @@ class UserFiles:
     def listing_v2(self, directory: str) -> list[dict[str, Any]]:
         """``GET /v2/userdata?path=…``: files and folders under ``directory`` (all the
         way down), paths relative to the user folder, folders first, then by name."""
-        if directory.strip("/"):
-            rel = user_path(directory.strip("/"), field="path")
+        if directory.rstrip("/"):
+            rel = user_path(directory.rstrip("/"), field="path")
             folder = self._resolve(rel, field="path")
             if not folder.exists():
                 raise FileNotFound(f"no user data folder {rel!r}", field="path")
@@ -491,15 +494,21 @@ class UserFiles:
     @staticmethod
     def _link_new(source: Path, target: Path, rel: str, *, field: str) -> None:
         """Give ``source`` the name ``target`` only if that name is free (a hard link
-        fails atomically when it exists; the caller removes the old name)."""
+        fails atomically when it exists; the caller removes the old name).  On a file
+        system without hard links, the check and a rename under the caller's lock."""
+        conflict = JobConflict(
+            f"user data file {rel!r} exists",
+            field=field,
+            solution="Pass overwrite=true to replace it, or choose another name",
+        )
         try:
             os.link(source, target)
         except FileExistsError:
-            raise JobConflict(
-                f"user data file {rel!r} exists",
-                field=field,
-                solution="Pass overwrite=true to replace it, or choose another name",
-            ) from None
+            raise conflict from None
+        except OSError:  # no hard links here (some network or FUSE file systems)
+            if target.exists() or target.is_symlink():
+                raise conflict from None
+            shutil.copyfile(source, target)
 
 
 # -- requests ----------------------------------------------------------------------------------
@@ -567,6 +576,7 @@ def _served_type(rel: str) -> tuple[str, dict[str, str]]:
 USERDATA_DEFAULTS: dict[str, tuple[bytes, str]] = {
     "user.css": (b"", "text/css; charset=utf-8"),  # linked by its page for the user's styles
     "comfy.templates.json": (b"[]", "application/json"),  # its node templates
+    "workflows/.index.json": (b'{"favorites": []}', "application/json"),  # bookmarks
 }
 
 #: Boot look-ups answered with a well-formed "nothing here" (route → answer).
@@ -577,6 +587,32 @@ EMPTY_ANSWERS: dict[str, Any] = {
     "/node_replacements": {},
     "/experiment/models": [],
 }
+
+
+def _internal_routes(api: APIRouter) -> None:
+    """ComfyUI's ``/internal`` routes the editor's panels call (``/comfy/internal/…``,
+    no ``/api`` twin): the server log (its bottom panel's terminal) and ComfyUI's own
+    folders, of which this service has none to show — empty, never a 404."""
+
+    @api.get(f"{PREFIX}/internal/logs", summary="ComfyUI: the server log (empty here)")
+    async def logs() -> str:
+        return ""
+
+    @api.get(f"{PREFIX}/internal/logs/raw", summary="ComfyUI: the server log's entries")
+    async def logs_raw() -> dict[str, Any]:
+        return {"entries": [], "size": {"cols": 80, "rows": 24}}
+
+    @api.patch(f"{PREFIX}/internal/logs/subscribe", summary="ComfyUI: follow the log")
+    async def logs_subscribe() -> None:
+        return None  # no log lines are ever sent over the socket
+
+    @api.get(f"{PREFIX}/internal/folder_paths", summary="ComfyUI: its model folders")
+    async def folder_paths() -> dict[str, Any]:
+        return {}
+
+    @api.get(f"{PREFIX}/internal/files/{{kind}}", summary="ComfyUI: files of a folder")
+    async def files(kind: str) -> list[Any]:
+        return []
 
 
 def _api_router(service: JobService, settings: ServerSettings) -> APIRouter:
@@ -590,6 +626,7 @@ def _api_router(service: JobService, settings: ServerSettings) -> APIRouter:
 
     for base in BASES:
         _add_routes(api, base, files, work, max_bytes)
+    _internal_routes(api)
     return api
 
 
@@ -617,11 +654,12 @@ def _add_routes(
 
     @api.post(f"{base}/settings", summary="ComfyUI: merge settings")
     async def post_settings(request: Request) -> Response:
-        values = _json_body(await request.body(), "settings")
+        body = await request.body()
+        values = _json_body(body, "settings")
         if not isinstance(values, dict):
             raise InputError("settings must be a JSON object of id → value", field="settings")
         await work(files.update_settings, values)
-        return Response(status_code=200)
+        return _stored_answer(body)
 
     @api.get(
         f"{base}/settings/{{setting_id:path}}",
@@ -636,9 +674,10 @@ def _add_routes(
     )
     async def post_setting(setting_id: str, request: Request) -> Response:
         key = _setting_id(setting_id)
-        value = _json_body(await request.body(), f"settings.{key}")
+        body = await request.body()
+        value = _json_body(body, f"settings.{key}")
         await work(files.set_setting, key, value)
-        return Response(status_code=200)
+        return _stored_answer(body)
 
     @api.get(f"{base}/userdata", summary="ComfyUI: list user files")
     async def list_userdata(request: Request) -> Any:
@@ -731,6 +770,13 @@ def _add_empty(api: APIRouter, path: str, answer: Any) -> None:
     )
 
 
+def _stored_answer(body: bytes) -> Response:
+    """The answer to a stored setting: what was stored, as sent (ComfyUI answers an
+    empty 200; Chromium reports an empty, untyped answer the editor never reads as an
+    aborted request, so it gets a JSON body)."""
+    return Response(body, media_type="application/json")
+
+
 def _setting_id(setting_id: str) -> str:
     if not setting_id or len(setting_id) > MAX_SETTING_ID:
         raise InputError(f"a setting id has 1 to {MAX_SETTING_ID} characters", field="setting_id")
@@ -801,6 +847,8 @@ def _static_router(settings: ServerSettings) -> APIRouter:
     return api
 
 
+#: The workflow templates index, per locale (``index.json``, ``index.fr.json``).
+_TEMPLATE_INDEX = re.compile(r"templates/index(?:\.[A-Za-z_-]{2,16})?\.json")
 #: The root-absolute icon files of the editor (under ``/assets/``).
 _ICON_PATH = re.compile(r"favicon\.ico|images/favicon_progress_16x16/frame_[0-9]\.png")
 
@@ -812,8 +860,10 @@ def _missing_static(inner: str) -> Response | None:
     ``/templates``) an empty list."""
     if inner == "user.css":
         return Response(b"", media_type="text/css", headers={"Cache-Control": "no-cache"})
-    if inner == "templates/index.json":
+    if _TEMPLATE_INDEX.fullmatch(inner):
         return JSONResponse([], headers={"Cache-Control": "no-cache"})
+    if inner == "templates/index_logo.json":
+        return JSONResponse({}, headers={"Cache-Control": "no-cache"})
     return None
 
 

@@ -168,7 +168,22 @@ def _ms(seconds: float | None) -> int | None:
 def job_summary(job: JobRecord, workspace_url: str) -> dict[str, Any]:
     """One job as the ComfyUI editor's queue and history panels list it."""
     outputs = node_outputs(job, workspace_url)
-    previews = [image for node in outputs.values() for image in node["images"]]
+    previews = [
+        {**image, "nodeId": node, "mediaType": "images"}
+        for node, out in outputs.items()
+        for image in out["images"]
+    ]
+    error = None
+    if job.error:  # ComfyUI's shape of an execution error, our code as its type
+        graph = job_graph(job)
+        failed = _failed_node(job.error, graph)
+        error = {
+            "node_id": failed,
+            "node_type": (graph.get(failed or "", {}) or {}).get("class_type"),
+            "exception_message": f"{job.error.get('code')}: {job.error.get('message')}",
+            "exception_type": str(job.error.get("code")),
+            "traceback": [],
+        }
     return {
         "id": job.id,
         "status": _JOB_STATUS.get(job.status, job.status),
@@ -177,9 +192,10 @@ def job_summary(job: JobRecord, workspace_url: str) -> dict[str, Any]:
         "execution_start_time": _ms(job.started),
         "execution_end_time": _ms(job.finished),
         "outputs_count": len(previews),
+        "previewable_outputs_count": len(previews),
         "preview_output": previews[0] if previews else None,
         "outputs": outputs,
-        "execution_error": job.error,
+        "execution_error": error,
         "workflow_id": None,
     }
 
@@ -608,7 +624,8 @@ def router(service: JobService, settings: ServerSettings) -> APIRouter:
                 "comfyui_version": f"imagenodes {imagenodes.__version__}",
                 "imagenodes_version": imagenodes.__version__,
                 "platform": platform.platform(terse=True),
-                "argv": ["imagenodes", "serve"],
+                # The editor skips its api.comfy.org features for such a server.
+                "argv": ["imagenodes", "serve", "--disable-api-nodes"],
                 "ram_total": 0,
                 "ram_free": 0,
             },
