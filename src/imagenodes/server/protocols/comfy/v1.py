@@ -173,7 +173,7 @@ def job_summary(job: JobRecord, workspace_url: str) -> dict[str, Any]:
         for node, out in outputs.items()
         for image in out["images"]
     ]
-    error = None
+    error: dict[str, Any] | None = None
     if job.error:  # ComfyUI's shape of an execution error, our code as its type
         graph = job_graph(job)
         failed = _failed_node(job.error, graph)
