@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -52,3 +53,33 @@ def workspace_files(host: Host) -> list[str]:
         if (root.exists())
         else []
     )
+
+
+# -- ComfyUI ---------------------------------------------------------------------------------
+def comfy_graph(steps: int = 3, seed: int = 1) -> dict[str, Any]:
+    """Generate, then edit the generated image: two nodes wired by a link."""
+    return {
+        "1": {
+            "class_type": "GenerateImageV2",
+            "inputs": {
+                "prompt": "a red circle on a blue background",
+                "negative_prompt": "",
+                "aspect_ratio": "1:1",
+                "steps": steps,
+                "seed": seed,
+            },
+            "_meta": {"title": "Generate"},
+        },
+        "2": {
+            "class_type": "ImageToImage",
+            "inputs": {
+                "source_image": ["1", 0],
+                "prompt": "a green circle on a blue background",
+                "negative_prompt": "",
+                "strength": 0.8,
+                "steps": steps,
+                "seed": seed + 1,
+            },
+            "_meta": {"title": "Edit"},
+        },
+    }

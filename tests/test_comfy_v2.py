@@ -16,38 +16,8 @@ import httpx
 import pytest
 from PIL import Image
 
+from tests.helpers import comfy_graph as graph
 from tests.test_server import Served, png, serve  # noqa: F401  (serve: the fixture)
-
-PROMPT = "a red circle on a blue background"
-
-
-def graph(steps: int = 3, seed: int = 1) -> dict[str, Any]:
-    """Generate, then edit the generated image: two nodes wired by a link."""
-    return {
-        "1": {
-            "class_type": "GenerateImageV2",
-            "inputs": {
-                "prompt": PROMPT,
-                "negative_prompt": "",
-                "aspect_ratio": "1:1",
-                "steps": steps,
-                "seed": seed,
-            },
-            "_meta": {"title": "Generate"},
-        },
-        "2": {
-            "class_type": "ImageToImage",
-            "inputs": {
-                "source_image": ["1", 0],
-                "prompt": "a green circle on a blue background",
-                "negative_prompt": "",
-                "strength": 0.8,
-                "steps": steps,
-                "seed": seed + 1,
-            },
-            "_meta": {"title": "Edit"},
-        },
-    }
 
 
 @pytest.fixture
