@@ -189,7 +189,7 @@ class EventBus:
         if send:
             self._send_transient(event)
         elif first:
-            timer = threading.Timer(max(0.0, last + self.interval_s - now), self._flush, (job_id,))
+            timer = threading.Timer(max(0.0, last + self.interval_s - now), self.flush, (job_id,))
             timer.daemon = True
             timer.start()
 
@@ -209,12 +209,9 @@ class EventBus:
                 sub.put(None)
 
     def flush(self, job_id: str) -> None:
-        """Send the job's held-back transient event now: a durable event is about to be
-        stored, and other processes must hear the progress before that (they hear the
-        durable one through the store's own notification)."""
-        self._flush(job_id)
-
-    def _flush(self, job_id: str) -> None:
+        """Send the job's held-back transient event now (its timer's due, or a durable
+        event is about to be stored: other processes must hear the progress before
+        that, and they hear the durable one through the store's own notification)."""
         with self._lock:
             event = self._pending.pop(job_id, None)
             if event is not None:

@@ -240,12 +240,19 @@ def _json_bytes(exc: ImageNodesError) -> bytes:
 
 
 async def send_error(
-    send: Send, status: int, exc: ImageNodesError, headers: Iterable[tuple[bytes, bytes]] = ()
+    send: Send,
+    status: int,
+    exc: ImageNodesError,
+    headers: Iterable[tuple[bytes, bytes]] = (),
+    *,
+    channel: str = "http",
 ) -> None:
+    """The coded error as a whole HTTP response (``channel`` ``websocket.http``: the
+    denial response of a WebSocket handshake, the same status and body)."""
     body = _json_bytes(exc)
     await send(
         {
-            "type": "http.response.start",
+            "type": f"{channel}.response.start",
             "status": status,
             "headers": [
                 (b"content-type", b"application/json"),
@@ -254,7 +261,7 @@ async def send_error(
             ],
         }
     )
-    await send({"type": "http.response.body", "body": body})
+    await send({"type": f"{channel}.response.body", "body": body})
 
 
 async def refuse(scope: Scope, send: Send, status: int, exc: ImageNodesError) -> None:
@@ -271,18 +278,7 @@ async def refuse(scope: Scope, send: Send, status: int, exc: ImageNodesError) ->
         await send_error(send, status, exc)
         return
     if "websocket.http.response" in scope.get("extensions", {}):
-        body = _json_bytes(exc)
-        await send(
-            {
-                "type": "websocket.http.response.start",
-                "status": status,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
-        )
-        await send({"type": "websocket.http.response.body", "body": body})
+        await send_error(send, status, exc, channel="websocket.http")
         return
     await send({"type": "websocket.close", "code": 4000 + status})
 

@@ -173,17 +173,7 @@ def job_summary(job: JobRecord, workspace_url: str) -> dict[str, Any]:
         for node, out in outputs.items()
         for image in out["images"]
     ]
-    error: dict[str, Any] | None = None
-    if job.error:  # ComfyUI's shape of an execution error, our code as its type
-        graph = job_graph(job)
-        failed = _failed_node(job.error, graph)
-        error = {
-            "node_id": failed,
-            "node_type": (graph.get(failed or "", {}) or {}).get("class_type"),
-            "exception_message": f"{job.error.get('code')}: {job.error.get('message')}",
-            "exception_type": str(job.error.get("code")),
-            "traceback": [],
-        }
+    error = _execution_error(job.error, job_graph(job)) if job.error else None
     return {
         "id": job.id,
         "status": _JOB_STATUS.get(job.status, job.status),
@@ -272,11 +262,11 @@ def project(event: Event, job: JobRecord, workspace_url: str) -> list[dict[str, 
                 {"type": "executing", "data": {"node": None, "prompt_id": prompt_id}},
                 {"type": "execution_success", "data": {"prompt_id": prompt_id, "timestamp": now}},
             ]
-        failed_node = _failed_node(error, graph)
+        failed = _execution_error(error, graph)
         base = {
             "prompt_id": prompt_id,
-            "node_id": failed_node,
-            "node_type": (graph.get(failed_node or "", {}) or {}).get("class_type"),
+            "node_id": failed["node_id"],
+            "node_type": failed["node_type"],
             "timestamp": now,
         }
         if status == "cancelled":
@@ -286,16 +276,29 @@ def project(event: Event, job: JobRecord, workspace_url: str) -> list[dict[str, 
                 "type": "execution_error",
                 "data": {
                     **base,
+                    **failed,
                     "executed": [],
-                    "exception_message": f"{error.get('code')}: {error.get('message')}",
-                    "exception_type": str(error.get("code") or "GENERATION_FAILED"),
-                    "traceback": [],
                     "current_inputs": {},
                     "current_outputs": {},
                 },
             }
         ]
     return []
+
+
+def _execution_error(error: dict[str, Any], graph: dict[str, Any]) -> dict[str, Any]:
+    """ComfyUI's description of a failed execution (the socket's ``execution_error``,
+    the jobs panel's ``execution_error``): the node our error names, our code as its
+    exception type."""
+    node = _failed_node(error, graph)
+    code = str(error.get("code") or "GENERATION_FAILED")
+    return {
+        "node_id": node,
+        "node_type": (graph.get(node or "", {}) or {}).get("class_type"),
+        "exception_message": f"{code}: {error.get('message')}",
+        "exception_type": code,
+        "traceback": [],
+    }
 
 
 def _failed_node(error: dict[str, Any], graph: dict[str, Any]) -> str | None:
