@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import threading
+import time
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -83,3 +85,16 @@ def comfy_graph(steps: int = 3, seed: int = 1) -> dict[str, Any]:
             "_meta": {"title": "Edit"},
         },
     }
+
+
+# -- servers ---------------------------------------------------------------------------------
+def start_in_thread(server: Any) -> tuple[int, threading.Thread]:
+    """Run a uvicorn ``server`` (bound to port 0) in a daemon thread; its port once it
+    listens (30 s at most)."""
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline, "server did not start"
+        time.sleep(0.02)
+    return int(server.servers[0].sockets[0].getsockname()[1]), thread

@@ -17,7 +17,6 @@ import shutil
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
@@ -30,6 +29,7 @@ from pydantic import Field
 
 from imagenodes import Host, Node, NodeInput, NodeOutput, RunContext, hookimpl
 from imagenodes.sdk import ConnectionRequirement
+from tests.helpers import start_in_thread
 
 pytestmark = pytest.mark.slow
 
@@ -103,13 +103,7 @@ def _start(root: Path, **options: Any) -> Served:
     server = uvicorn.Server(
         uvicorn.Config(create_app(host, settings), host="127.0.0.1", port=0, log_level="warning")
     )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.05)
-    port = server.servers[0].sockets[0].getsockname()[1]
+    port, thread = start_in_thread(server)
     return Served(f"http://127.0.0.1:{port}", host, server, thread)
 
 

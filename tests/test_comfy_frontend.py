@@ -31,6 +31,7 @@ import pytest
 from imagenodes import Host
 from imagenodes.server import ServerSettings, create_app
 from imagenodes.server.protocols.comfy import frontend
+from tests.helpers import start_in_thread
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -78,13 +79,7 @@ def start(root: Path, **options: Any) -> Served:
     settings = ServerSettings(port=0, state_dir=root / "state", **options)
     app = create_app(host, settings)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.05)
-    port = server.servers[0].sockets[0].getsockname()[1]
+    port, thread = start_in_thread(server)
     return Served(f"http://127.0.0.1:{port}", root, server, thread)
 
 

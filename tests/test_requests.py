@@ -11,8 +11,6 @@ HTTP parsing, FastAPI's body validation and the exception handler.
 from __future__ import annotations
 
 import json
-import threading
-import time
 from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
@@ -38,6 +36,7 @@ from imagenodes.server.requests import (
     job_models,
     openapi_patch,
 )
+from tests.helpers import start_in_thread
 
 GOOD = {"prompt": "a red circle on a blue background", "negative_prompt": ""}
 
@@ -145,13 +144,7 @@ def client(host: Host) -> Iterator[httpx.Client]:
     server = uvicorn.Server(
         uvicorn.Config(make_app(host), host="127.0.0.1", port=0, log_level="warning")
     )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.02)
-    port = server.servers[0].sockets[0].getsockname()[1]
+    port, thread = start_in_thread(server)
     with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as c:
         yield c
     server.should_exit = True

@@ -28,6 +28,7 @@ from PIL import Image
 
 from imagenodes import Host
 from imagenodes.server import ServerSettings, create_app
+from tests.helpers import start_in_thread
 
 pytestmark = pytest.mark.slow
 
@@ -58,13 +59,7 @@ def serve(tmp_path: Path) -> Iterator[Callable[..., Served]]:
         settings = ServerSettings(port=0, state_dir=tmp_path / "state", **options)
         app = create_app(host, settings)
         server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        deadline = time.monotonic() + 30
-        while not server.started:
-            assert time.monotonic() < deadline, "server did not start"
-            time.sleep(0.05)
-        port = server.servers[0].sockets[0].getsockname()[1]
+        port, thread = start_in_thread(server)
         served = Served(f"http://127.0.0.1:{port}", host, server, thread)
         running.append(served)
         return served

@@ -28,6 +28,7 @@ from httpx_sse import connect_sse
 
 from imagenodes import Host
 from imagenodes.server import ServerSettings, create_app
+from tests.helpers import start_in_thread
 from tests.test_server import (  # noqa: F401  (serve: the uvicorn fixture)
     FAST,
     Served,
@@ -59,13 +60,7 @@ def serve_cli(tmp_path: Path) -> Iterator[Callable[..., Served]]:
         app = create_app(host, settings)
         config = serving.config(app, settings, log_level="warning")
         server = serving.Server(config, app.state.service)
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        deadline = time.monotonic() + 30
-        while not server.started:
-            assert time.monotonic() < deadline, "server did not start"
-            time.sleep(0.05)
-        port = server.servers[0].sockets[0].getsockname()[1]
+        port, thread = start_in_thread(server)
         served = Served(f"http://127.0.0.1:{port}", host, server, thread)
         running.append(served)
         return served
