@@ -75,3 +75,33 @@ def test_cancelling_one_member_leaves_the_others(tmp_path: Path) -> None:
     assert not (Path(host.workspace.root) / "runs").exists() or all(
         (run / "run.json").exists() for run in (Path(host.workspace.root) / "runs").iterdir()
     )
+
+
+@pytest.mark.parametrize(("share", "calls"), [(0.0, 2), (0.5, 1)])
+def test_a_lone_leader_waits_a_share_of_one_image_for_company(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, share: float, calls: int
+) -> None:
+    """A leader alone on an idle pipeline waits GRACE_SHARE of one image's time (measured
+    on the previous call) for a request sent with it: with no share the second request,
+    30 ms behind, misses the call; with a share it joins."""
+    from imagenodes.engine import batching
+
+    monkeypatch.setattr(batching, "GRACE_SHARE", share)
+    host = Host(tmp_path / "ws")
+    host.engine.enable_batching(2_000, in_flight=lambda: 1)  # it always looks alone
+    host.run("generate_image_v2", {**BASE, "steps": 8, "seed": 0})  # one image's time known
+    before = host.engine.calls_made
+    results: dict[int, object] = {}
+
+    def go(seed: int) -> None:
+        results[seed] = host.run("generate_image_v2", {**BASE, "steps": 8, "seed": seed})
+
+    first = threading.Thread(target=go, args=(1,))
+    second = threading.Thread(target=go, args=(2,))
+    first.start()
+    threading.Event().wait(0.03)
+    second.start()
+    first.join(120)
+    second.join(120)
+    assert len(results) == 2
+    assert host.engine.calls_made - before == calls

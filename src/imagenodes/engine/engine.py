@@ -26,7 +26,13 @@ from imagenodes.engine.aspect import fit_size
 from imagenodes.engine.batching import Batcher, batch_key
 from imagenodes.engine.cache import LOAD_LOCK, CacheEntry, PipelineCache
 from imagenodes.engine.config import RuntimeConfig
-from imagenodes.engine.device import PRECISION_ALIASES, cpu_threads, pick_device, pick_dtype
+from imagenodes.engine.device import (
+    PRECISION_ALIASES,
+    cpu_threads,
+    pick_device,
+    pick_dtype,
+    tune_cpu_malloc,
+)
 from imagenodes.engine.job import (
     IMAGE_TO_IMAGE,
     INSTRUCT_EDIT,
@@ -225,6 +231,8 @@ class Engine:
         resolved = self.route(config, job.model, field=job.model_field)
         route_ms = (time.perf_counter() - t_route) * 1000
         device, dtype = self.placement(config, job.precision)
+        if device == "cpu":
+            tune_cpu_malloc()  # before the load too: its buffers come from the same heap
         adapted = adapt(job, resolved.profile, device=device, size_policy=config.size_policy)
         effective, notices = adapted.request, adapted.notices
         seed = effective.seed if effective.seed is not None else draw_seed()
