@@ -149,7 +149,7 @@ class Systems:
                         f"{(1 if label == 'one request' else n) / med:.3f}",
                         f"{percentile(lat, 0.5):.2f}" if served else "n/a",
                         f"{percentile(lat, 0.95):.2f}" if served else "n/a",
-                        c.mib(self.rss[name]) if name in self.rss else "n/a",
+                        c.mib(self.rss.get(name) or self.raws[name].peak_rss()),
                         f"{c.median(self.faults[name]) / 1000:.0f}k",
                     ]
                 )
@@ -189,7 +189,7 @@ def run_setting(
         shutil.rmtree(work, ignore_errors=True)
     text, ratios = systems.table()
     print(
-        f"## {setting}: {args.rounds} rounds, order rotated; "
+        f"{setting}: {args.rounds} rounds, order rotated; "
         + ("one server resident at a time" if setting == "alone" else "both servers resident")
         + f"; ComfyUI holds our {report['compared']} tensors, all equal ({report['family']}, "
         f"{report['unet_dtype']})"

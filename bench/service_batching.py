@@ -15,7 +15,12 @@ Throughput is 16 images over the wall time from the first POST to the last answe
 clients, which run in a separate process (asyncio + httpx); latency is per client.
 Targets: on/off >= 1.8x, on/raw >= 0.85x.
 
-Run: ``python bench/service_batching.py [--quick] [--tiny | --model PATH]``
+Then, with ``--levels`` (default ``1,2,8,16``), the same for each number of concurrent
+requests, batching on (default window) against off: p50/p95 latency and throughput per
+level.  Level 1 sends one request at a time (``LONE`` per repetition): batching on by
+default must not delay a lone request (target: p50 on/off <= 1.02).
+
+Run: ``python bench/service_batching.py [--quick] [--tiny | --model PATH] [--levels 1,2,8,16]``
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ import _common as c
 N = 16
 SEED = 500
 TARGET_OFF, TARGET_RAW = 1.8, 0.85
+TARGET_LONE = 1.02  # a lone request's p50 latency, batching on / off
+LONE = 10  # lone requests per repetition at level 1
 
 
 def serve(host: Any, state: Path, window_ms: float) -> tuple[Any, threading.Thread, str]:
@@ -86,13 +93,13 @@ asyncio.run(main())
 """
 
 
-def burst(url: str, inputs: dict[str, Any]) -> tuple[float, list[float]]:
-    """16 concurrent one-image jobs from another process: (wall s, per-client latencies)."""
+def burst(url: str, inputs: dict[str, Any], n: int = N) -> tuple[float, list[float]]:
+    """n concurrent one-image jobs from another process: (wall s, per-client latencies)."""
     import json
     import subprocess
 
     out = subprocess.run(
-        [sys.executable, "-c", CLIENTS, url, str(N), str(SEED), json.dumps(inputs)],
+        [sys.executable, "-c", CLIENTS, url, str(n), str(SEED), json.dumps(inputs)],
         capture_output=True,
         text=True,
         check=True,
@@ -110,6 +117,9 @@ def percentile(values: list[float], q: float) -> float:
 def main() -> None:
     p = c.parser(__doc__.splitlines()[0])
     p.add_argument("--window-ms", type=float, default=20.0, help="batch window when on")
+    p.add_argument(
+        "--levels", default="1,2,8,16", help="concurrency levels for the latency table ('' = none)"
+    )
     args = p.parse_args()
     reps = 1 if args.quick else 5
     steps = 5 if args.quick else 20
@@ -156,6 +166,7 @@ def main() -> None:
                 eff.get("threads"),
             )
             walls["raw batched"].append(time.perf_counter() - start)
+        level_rows = levels(host, tmp, inputs, args, reps) if args.levels else None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -198,6 +209,53 @@ def main() -> None:
         f"{N} (target >= {TARGET_RAW}); p50/p95 latency {rows[0][3]}/{rows[0][4]} ms on, "
         f"{rows[1][3]}/{rows[1][4]} ms off"
     )
+
+    if level_rows is not None:
+        table, lone = level_rows
+        print()
+        print(table)
+        print(
+            f"SUMMARY: lone request [{c.verdict(lone <= TARGET_LONE)}]: p50 latency with "
+            f"batching on {lone:.3f}x batching off (target <= {TARGET_LONE})"
+        )
+
+
+def levels(host: Any, tmp: Path, inputs: dict[str, Any], args: Any, reps: int) -> tuple[str, float]:
+    """Latency and throughput per concurrency level, batching on against off."""
+    counts = [int(x) for x in str(args.levels).split(",") if x.strip()]
+    lat: dict[tuple[int, str], list[float]] = {}
+    walls: dict[tuple[int, str], list[float]] = {}
+    for rep in range(reps):
+        for n in counts:
+            order = ["on", "off"] if (rep + n) % 2 == 0 else ["off", "on"]
+            for name in order:
+                window = args.window_ms if name == "on" else 0.0
+                server, thread, url = serve(host, tmp / f"levels-{rep}-{n}-{name}", window)
+                try:
+                    burst(url, inputs, 1)  # connections and the batcher's timing warm
+                    for _ in range(LONE if n == 1 else 1):
+                        wall, latencies = burst(url, inputs, n)
+                        walls.setdefault((n, name), []).append(wall)
+                        lat.setdefault((n, name), []).extend(latencies)
+                finally:
+                    server.should_exit = True
+                    thread.join(60)
+    rows = []
+    for n in counts:
+        row: list[Any] = [n]
+        for name in ("on", "off"):
+            values = lat[(n, name)]
+            row += [
+                f"{percentile(values, 0.5) * 1000:.0f}",
+                f"{percentile(values, 0.95) * 1000:.0f}",
+                f"{n / c.median(walls[(n, name)]):.2f}",
+            ]
+        row.append(f"{percentile(lat[(n, 'on')], 0.5) / percentile(lat[(n, 'off')], 0.5):.3f}x")
+        rows.append(row)
+    head = ["concurrent", "on p50 ms", "on p95 ms", "on images/s"]
+    head += ["off p50 ms", "off p95 ms", "off images/s", "p50 on/off"]
+    lone = percentile(lat[(1, "on")], 0.5) / percentile(lat[(1, "off")], 0.5) if 1 in counts else 0
+    return c.table(head, rows), lone
 
 
 if __name__ == "__main__":
