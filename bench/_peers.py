@@ -164,72 +164,26 @@ print("RESULT " + json.dumps({
 
 # -- the model ------------------------------------------------------------------------------
 def build_sd15(folder: Path, comfy_dir: Path, seed: int = 0) -> Path:
-    """A random SD1.5-architecture diffusers folder (once; reused while it exists)."""
+    """A random SD1.5-architecture diffusers folder (once; reused while it exists).
+
+    ``imagenodes.testing.build_sd15_pipeline`` with one layer per UNet block, ComfyUI's
+    tokenizer files (its config says 8192 tokens, as ComfyUI chunks prompts itself; SD's
+    pipeline needs CLIP's 77) and Euler with the linspace schedule.
+    """
     if (folder / "model_index.json").is_file():
         return folder
     import torch
-    from diffusers import (
-        AutoencoderKL,
-        EulerDiscreteScheduler,
-        StableDiffusionPipeline,
-        UNet2DConditionModel,
-    )
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from diffusers import EulerDiscreteScheduler
+    from transformers import CLIPTokenizer
 
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        sample_size=64,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-        block_out_channels=(320, 640, 1280, 1280),
-        layers_per_block=1,
-        cross_attention_dim=768,
-        attention_head_dim=8,
-    )
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(128, 256, 512, 512),
-        layers_per_block=2,
-        latent_channels=4,
-        sample_size=512,
-    )
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=49408,
-            hidden_size=768,
-            intermediate_size=3072,
-            num_hidden_layers=12,
-            num_attention_heads=12,
-            max_position_embeddings=77,
-            hidden_act="quick_gelu",
-            projection_dim=768,
-        )
-    )
+    from imagenodes.testing import build_sd15_pipeline
+
     tokenizer = CLIPTokenizer.from_pretrained(
         str(comfy_dir / "comfy" / "sd1_tokenizer"), model_max_length=77
     )
-    scheduler = EulerDiscreteScheduler(
-        num_train_timesteps=1000,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        timestep_spacing="linspace",
-        prediction_type="epsilon",
-    )
-    pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
+    pipe = build_sd15_pipeline(torch.float32, seed=seed, layers_per_block=1, tokenizer=tokenizer)
+    pipe.scheduler = EulerDiscreteScheduler.from_config(
+        pipe.scheduler.config, timestep_spacing="linspace"
     )
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -303,7 +257,20 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-class Server:
+class Child:
+    """A child process of a comparison (a server or the raw call): its pid and peak RSS."""
+
+    proc: subprocess.Popen[Any]
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def peak_rss(self) -> int:
+        return peak_rss(self.proc.pid)
+
+
+class Server(Child):
     """One server as a child process on 127.0.0.1; ``kind`` is ``ours`` or ``comfy``."""
 
     def __init__(
@@ -364,13 +331,6 @@ class Server:
                 pass
             time.sleep(0.25)
         raise RuntimeError(f"{self.label} did not become ready in {timeout} s")
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def peak_rss(self) -> int:
-        return peak_rss(self.proc.pid)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -556,7 +516,7 @@ TUNED_MALLOC_ENV = {
 }
 
 
-class Raw:
+class Raw(Child):
     """The same model as a plain diffusers pipeline, called in its own process.
 
     Why a process and not this one: the benchmark's own threads (clients, timers) then
@@ -584,13 +544,6 @@ class Raw:
         self._in.write(",".join(map(str, seeds)) + "\n")
         self._in.flush()
         return float(self._out.readline())
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def peak_rss(self) -> int:
-        return peak_rss(self.proc.pid)
 
     def stop(self) -> None:
         self._in.close()

@@ -159,11 +159,15 @@ class Systems:
 
 
 def run_setting(
-    setting: str, args: argparse.Namespace, model: Path, raws: dict[str, p.Raw]
+    setting: str,
+    args: argparse.Namespace,
+    model: Path,
+    raws: dict[str, p.Raw],
+    work: Path,
+    report: dict[str, Any],
 ) -> dict[str, float]:
-    work = Path(tempfile.mkdtemp(prefix=f"imagenodes-peer-{setting}-"))
-    base = work / "comfy"
-    report = p.comfy_checkpoint(model, args.comfyui, base)
+    """One setting's rounds; ``work`` holds ComfyUI's base directory with the checkpoint
+    (``report``: what ComfyUI was checked to hold) and our server's workspace."""
     systems = Systems(args, model, work, raws)
     names = list(NAMES)
     try:
@@ -186,7 +190,6 @@ def run_setting(
     finally:
         for server in systems.servers.values():
             server.stop()
-        shutil.rmtree(work, ignore_errors=True)
     text, ratios = systems.table()
     print(
         f"{setting}: {args.rounds} rounds, order rotated; "
@@ -230,11 +233,14 @@ def main() -> None:
         raw.call([0])  # warm
         raw.call(list(range(args.concurrency)))
     settings = ["alone", "co-resident"] if args.setting == "both" else [args.setting]
+    work = Path(tempfile.mkdtemp(prefix="imagenodes-peer-"))
     try:
-        results = {s: run_setting(s, args, model, raws) for s in settings}
+        report = p.comfy_checkpoint(model, args.comfyui, work / "comfy")  # once for both
+        results = {s: run_setting(s, args, model, raws, work, report) for s in settings}
     finally:
         for raw in raws.values():
             raw.stop()
+        shutil.rmtree(work, ignore_errors=True)
     c.dump(args.json, results)
     n = args.concurrency
     if "alone" in results:

@@ -235,3 +235,21 @@ def test_sd15_architecture_has_real_sizes() -> None:
     assert pipe.unet.config.cross_attention_dim == 768
     assert pipe.text_encoder.config.vocab_size == len(pipe.tokenizer) == 49408
     assert pipe.tokenizer.eos_token_id == 49407
+
+
+def test_sd15_architecture_with_one_layer_per_block_and_a_given_tokenizer() -> None:
+    """The peer benchmark's variant (bench/_peers.build_sd15): half the UNet depth, the
+    caller's tokenizer, the same text encoder and VAE."""
+    import torch
+
+    from imagenodes.testing import build_sd15_pipeline
+    from imagenodes.testing.tiny_models import _clip_tokenizer
+
+    tokenizer = _clip_tokenizer(vocab_size=49408, pad_token="!")
+    pipe = build_sd15_pipeline(device="meta", layers_per_block=1, tokenizer=tokenizer)
+    assert pipe.tokenizer is tokenizer
+    assert pipe.text_encoder.config.pad_token_id == tokenizer.pad_token_id != 49407
+    assert [len(b.resnets) for b in pipe.unet.down_blocks] == [1, 1, 1, 1]
+    assert sum(p.numel() for p in pipe.unet.parameters()) / 1e6 < 859.5 * 0.7
+    assert sum(p.numel() for p in pipe.vae.parameters()) / 1e6 == pytest.approx(83.7, abs=1)
+    assert pipe.unet.dtype == torch.float16

@@ -503,6 +503,9 @@ def build_sd15_pipeline(
     dtype: torch.dtype = torch.float16,
     device: str | torch.device = "cpu",
     seed: int = 0,
+    *,
+    layers_per_block: int = 2,
+    tokenizer: CLIPTokenizer | None = None,
 ) -> StableDiffusionPipeline:
     """Stable Diffusion 1.5 at its real sizes, with random weights.
 
@@ -513,9 +516,14 @@ def build_sd15_pipeline(
     run without downloading one. ``device="meta"`` builds the module tree without
     allocating any weights (used to check the configs); ``device="cuda"`` initialises
     directly on the GPU, which is much faster than a ~1B-parameter CPU init.
+
+    ``layers_per_block=1`` halves the UNet's depth (the peer benchmark's CPU model, so a
+    call takes seconds); ``tokenizer`` replaces the filler tokenizer with a real CLIP
+    one of the same 49408 ids (the peer benchmark passes ComfyUI's own files).
     """
     torch.manual_seed(seed)
-    tokenizer = _clip_tokenizer(vocab_size=_CLIP_FULL_VOCAB)
+    if tokenizer is None:
+        tokenizer = _clip_tokenizer(vocab_size=_CLIP_FULL_VOCAB)
     with torch.device(device):
         unet = UNet2DConditionModel(
             sample_size=64,
@@ -524,7 +532,7 @@ def build_sd15_pipeline(
             down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
             up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
             block_out_channels=(320, 640, 1280, 1280),
-            layers_per_block=2,
+            layers_per_block=layers_per_block,
             attention_head_dim=8,
             cross_attention_dim=768,
             norm_num_groups=32,
