@@ -11,6 +11,7 @@ import os
 import platform
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -66,3 +67,27 @@ def test_the_users_own_malloc_settings_win(env: dict[str, str]) -> None:
     out = probe(**env)
     assert out["state"] == "user"
     assert out["thp"] == env.get("THP_MEM_ALLOC_ENABLE", "1")
+
+
+@pytest.mark.parametrize("value", ["off", "0", "jemalloc"])
+def test_a_bad_imagenodes_cpu_malloc_is_a_connection_error_at_construction(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    from imagenodes import Host, ImageNodesError
+
+    monkeypatch.setenv("IMAGENODES_CPU_MALLOC", value)
+    with pytest.raises(ImageNodesError) as info:
+        Host(tmp_path / "ws")
+    assert info.value.code == "CONNECTION_ERROR"
+    assert info.value.field == "IMAGENODES_CPU_MALLOC"
+    assert "tuned, default" in str(info.value) and repr(value) in str(info.value)
+
+
+@pytest.mark.parametrize("value", ["tuned", "Default", ""])
+def test_the_documented_imagenodes_cpu_malloc_values_are_accepted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    from imagenodes import Host
+
+    monkeypatch.setenv("IMAGENODES_CPU_MALLOC", value)
+    assert Host(tmp_path / "ws").workspace is not None

@@ -11,6 +11,8 @@ from contextlib import contextmanager
 
 import torch
 
+from imagenodes.engine.budget import cpu_malloc_from_env
+
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 PRECISION_ALIASES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
 
@@ -96,7 +98,7 @@ def tune_cpu_malloc() -> str:
 
 
 def _apply_malloc_tuning() -> str:
-    if os.environ.get("IMAGENODES_CPU_MALLOC", "tuned").strip().lower() == "default":
+    if cpu_malloc_from_env() == "default":
         return "default"
     preload = os.environ.get("LD_PRELOAD", "")
     if (

@@ -119,10 +119,11 @@ class Host:
         for name, conn in (connections or {}).items():
             self.connections.add(name, conn)
         self._cache_bytes = cache_bytes
-        if cache_bytes is None:
-            from imagenodes.engine.budget import budget_from_env
+        from imagenodes.engine.budget import budget_from_env, cpu_malloc_from_env
 
+        if cache_bytes is None:
             budget_from_env()  # a bad IMAGENODES_CACHE_BYTES fails at construction
+        cpu_malloc_from_env()  # and so does a bad IMAGENODES_CPU_MALLOC
         self._engine: Engine | None = None
         self._engine_lock = threading.Lock()
         self._view = CatalogView(self.registered.profiles)
